@@ -1,0 +1,304 @@
+"""Settings of a gate run, merged from pyproject.toml, a config file and the command line.
+
+Precedence, lowest first: built-in defaults, ``[tool.medrobust]`` in the rootdir's
+``pyproject.toml``, the file given to ``--medrobust-config`` (its ``[tool.medrobust]`` table, or
+its top level when it has none), then command-line options. Every bad value raises
+:class:`~pytest_medrobust.errors.ConfigError` naming the option or key and where it came from.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .models import ModelSpec
+from .thresholds import Thresholds
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_MODELS = ("demo-plain", "demo-occaug")
+DEFAULT_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.5)
+DEFAULT_PATCHES = ("black_box",)
+DEFAULT_KS = (1, 5, 10)
+DEVICES = ("auto", "cpu", "cuda")
+
+KNOWN_KEYS = {
+    "models", "dataset", "dataset_options", "levels", "patches", "k", "seed", "device", "report_dir",
+    "thresholds", "batch_size", "primary_metric", "search",
+}
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """The Hypothesis worst-placement cells."""
+
+    enabled: bool = True
+    levels: tuple[float, ...] | None = None  # None: every occluded level of the grid
+    max_examples: int = 8
+    profile: str = "medrobust-ci"
+
+
+@dataclass(frozen=True)
+class Settings:
+    models: tuple[ModelSpec, ...] = tuple(ModelSpec(n) for n in DEFAULT_MODELS)
+    # Every model table seen in any source, so a later plain name can select a defined model.
+    model_definitions: Mapping[str, ModelSpec] = field(default_factory=dict)
+    dataset: str | None = None
+    dataset_options: Mapping[str, Any] = field(default_factory=dict)
+    levels: tuple[float, ...] = DEFAULT_LEVELS
+    patches: tuple[str, ...] = DEFAULT_PATCHES
+    ks: tuple[int, ...] = DEFAULT_KS
+    seed: int = 0
+    device: str = "auto"
+    report_dir: Path = Path("reports")
+    thresholds: Thresholds = field(default_factory=Thresholds.defaults)
+    batch_size: int = 64
+    primary_metric: str = "i2t_unique_R@5"
+    search: SearchSettings = field(default_factory=SearchSettings)
+
+    @property
+    def model_names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "models": self.model_names,
+            "dataset": self.dataset,
+            "dataset_options": {k: v for k, v in self.dataset_options.items()},
+            "levels": list(self.levels),
+            "patches": list(self.patches),
+            "ks": list(self.ks),
+            "seed": self.seed,
+            "device": self.device,
+            "batch_size": self.batch_size,
+            "primary_metric": self.primary_metric,
+            "thresholds": self.thresholds.to_json(),
+            "search": {
+                "enabled": self.search.enabled,
+                "levels": list(self.search.levels) if self.search.levels is not None else None,
+                "max_examples": self.search.max_examples,
+                "profile": self.search.profile,
+            },
+        }
+
+
+# --- parsing helpers -------------------------------------------------------------------------
+
+
+def _split(value: str | list | tuple) -> list[str]:
+    if isinstance(value, (list, tuple)):
+        return [str(v).strip() for v in value if str(v).strip()]
+    return [v.strip() for v in str(value).split(",") if v.strip()]
+
+
+def parse_levels(value: Any, where: str) -> tuple[float, ...]:
+    items = _split(value) if isinstance(value, str) else list(value)
+    levels = []
+    for item in items:
+        try:
+            level = float(item)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: occlusion level {item!r} is not a number") from None
+        if math.isnan(level) or not 0.0 <= level < 1.0:
+            raise ConfigError(f"{where}: occlusion level {level} is outside [0, 1)")
+        levels.append(round(level, 6))
+    if not levels:
+        raise ConfigError(f"{where}: no occlusion levels given")
+    # The clean baseline is always measured: retention thresholds need it.
+    return tuple(sorted(set(levels) | {0.0}))
+
+
+def parse_ks(value: Any, where: str) -> tuple[int, ...]:
+    items = _split(value) if isinstance(value, str) else list(value)
+    ks = []
+    for item in items:
+        try:
+            k = int(item)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: k value {item!r} is not an integer") from None
+        if k < 1:
+            raise ConfigError(f"{where}: k must be >= 1, got {k}")
+        ks.append(k)
+    if not ks:
+        raise ConfigError(f"{where}: no k values given")
+    return tuple(sorted(set(ks)))
+
+
+def parse_int(value: Any, where: str, minimum: int | None = None) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {value!r} is not an integer") from None
+    if minimum is not None and number < minimum:
+        raise ConfigError(f"{where}: must be >= {minimum}, got {number}")
+    return number
+
+
+def parse_device(value: Any, where: str) -> str:
+    device = str(value).strip()
+    if device in DEVICES or (device.startswith("cuda:") and device[5:].isdigit()):
+        return device
+    raise ConfigError(f"{where}: device must be one of auto, cpu, cuda, cuda:N; got {device!r}")
+
+
+def parse_models(value: Any, where: str, defined: Mapping[str, ModelSpec] | None = None) -> tuple[ModelSpec, ...]:
+    """A comma list of names, or (in TOML) a list of names and ``{name, factory, options}`` tables.
+
+    A plain name picks a model defined by a table in an earlier source, else a registered name."""
+    if isinstance(value, str):
+        value = _split(value)
+    defined = defined or {}
+    specs = []
+    for i, item in enumerate(value):
+        if isinstance(item, str):
+            specs.append(defined.get(item, ModelSpec(item)))
+        elif isinstance(item, Mapping):
+            unknown = set(item) - {"name", "factory", "options"}
+            if unknown:
+                raise ConfigError(f"{where}[{i}]: unknown key(s) {', '.join(sorted(unknown))}")
+            if "name" not in item:
+                raise ConfigError(f"{where}[{i}]: a model table needs a 'name'")
+            options = item.get("options", {})
+            if not isinstance(options, Mapping):
+                raise ConfigError(f"{where}[{i}].options must be a table")
+            specs.append(ModelSpec(str(item["name"]), item.get("factory"), dict(options)))
+        else:
+            raise ConfigError(f"{where}[{i}]: expected a model name or table, got {item!r}")
+    if not specs:
+        raise ConfigError(f"{where}: no models given")
+    names = [s.name for s in specs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"{where}: model name(s) given twice: {', '.join(duplicates)}")
+    return tuple(specs)
+
+
+# --- sources ---------------------------------------------------------------------------------
+
+
+def read_toml_table(path: Path, *, required: bool) -> dict[str, Any]:
+    """``[tool.medrobust]`` of a TOML file (or its top level for a dedicated config file)."""
+    if not path.is_file():
+        if required:
+            raise ConfigError(f"--medrobust-config: {path} does not exist")
+        return {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    table = data.get("tool", {}).get("medrobust")
+    if table is None:
+        return {} if path.name == "pyproject.toml" else data
+    return table
+
+
+def apply_table(settings: Settings, table: Mapping[str, Any], source: str) -> Settings:
+    unknown = set(table) - KNOWN_KEYS
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(KNOWN_KEYS))}")
+    changes: dict[str, Any] = {}
+
+    def where(key: str) -> str:
+        if source == "command line":
+            return "--medrobust-" + key.replace("_", "-")
+        return f"{source}: {key}"
+
+    if "models" in table:
+        models = parse_models(table["models"], where("models"), settings.model_definitions)
+        changes["models"] = models
+        changes["model_definitions"] = {**settings.model_definitions, **{m.name: m for m in models}}
+    if "dataset" in table:
+        changes["dataset"] = str(table["dataset"]) or None
+    if "dataset_options" in table:
+        if not isinstance(table["dataset_options"], Mapping):
+            raise ConfigError(f"{where('dataset_options')} must be a table")
+        changes["dataset_options"] = dict(table["dataset_options"])
+    if "levels" in table:
+        changes["levels"] = parse_levels(table["levels"], where("levels"))
+    if "patches" in table:
+        changes["patches"] = tuple(_split(table["patches"]))
+    if "k" in table:
+        changes["ks"] = parse_ks(table["k"], where("k"))
+    if "seed" in table:
+        changes["seed"] = parse_int(table["seed"], where("seed"), 0)
+    if "device" in table:
+        changes["device"] = parse_device(table["device"], where("device"))
+    if "report_dir" in table:
+        changes["report_dir"] = Path(str(table["report_dir"]))
+    if "batch_size" in table:
+        changes["batch_size"] = parse_int(table["batch_size"], where("batch_size"), 1)
+    if "primary_metric" in table:
+        changes["primary_metric"] = str(table["primary_metric"])
+    if "thresholds" in table:
+        changes["thresholds"] = Thresholds.from_table(table["thresholds"], where("thresholds"))
+    if "search" in table:
+        changes["search"] = _parse_search(settings.search, table["search"], where("search"))
+    return replace(settings, **changes)
+
+
+def _parse_search(current: SearchSettings, table: Any, where: str) -> SearchSettings:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where} must be a table")
+    unknown = set(table) - {"enabled", "levels", "max_examples", "profile"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    changes: dict[str, Any] = {}
+    if "enabled" in table:
+        changes["enabled"] = bool(table["enabled"])
+    if "levels" in table:
+        changes["levels"] = tuple(x for x in parse_levels(table["levels"], f"{where}.levels") if x > 0)
+    if "max_examples" in table:
+        changes["max_examples"] = parse_int(table["max_examples"], f"{where}.max_examples", 1)
+    if "profile" in table:
+        changes["profile"] = str(table["profile"])
+    return replace(current, **changes)
+
+
+def build_settings(rootdir: Path, config_file: str | None, cli: Mapping[str, Any]) -> Settings:
+    """Defaults < pyproject.toml < --medrobust-config < command line (``cli`` keys as in TOML)."""
+    settings = Settings()
+    pyproject = rootdir / "pyproject.toml"
+    settings = apply_table(settings, read_toml_table(pyproject, required=False), str(pyproject))
+    if config_file:
+        path = Path(config_file)
+        settings = apply_table(settings, read_toml_table(path, required=True), str(path))
+    given = {k: v for k, v in cli.items() if v is not None}
+    if given:
+        settings = apply_table(settings, given, "command line")
+    return settings
+
+
+def validate_names(settings: Settings) -> None:
+    """Unknown models, patch types or metrics are usage errors, listed with the valid names.
+
+    Checks model names without importing them (entry points and built-ins only)."""
+    from .models import check_known
+    from .occlusion import get_patch
+
+    for spec in settings.models:
+        check_known(spec)
+    for patch in settings.patches:
+        get_patch(patch)
+    metric_names = metric_names_for(settings.ks)
+    if settings.primary_metric not in metric_names:
+        raise ConfigError(f"primary_metric {settings.primary_metric!r} is not measured; choose one of {', '.join(metric_names)}")
+    if settings.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--medrobust-device {settings.device}: CUDA is not available on this machine")
+
+
+def metric_names_for(ks: tuple[int, ...]) -> list[str]:
+    names = []
+    for direction in ("i2t", "t2i", "i2t_unique"):
+        names += [f"{direction}_R@{k}" for k in ks] + [f"{direction}_mean_rank", f"{direction}_median_rank"]
+    return names

@@ -1,0 +1,154 @@
+"""The grid as pytest items: one per (model, patch type, level), plus Hypothesis search cells.
+
+Loading (dataset, model, decoding) happens in an item's setup, so a model or dataset that
+cannot be loaded makes its items *error*; a threshold that is not met makes the item *fail*
+with a message naming the cell, the metric, the value and the threshold.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .errors import MedrobustError
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .runner import Cell, GridRunner, Measurement
+
+GRID_NAME = "medrobust"
+
+
+class GateFailure(AssertionError):
+    """A cell's metrics do not meet its thresholds; the message lists every failed limit."""
+
+
+class MedrobustGrid(pytest.Collector):
+    """The virtual module that holds the grid (node id ``medrobust``)."""
+
+    def collect(self) -> Iterator[pytest.Item]:
+        from .runner import Cell
+
+        settings: Settings = self.config.stash[SETTINGS_KEY]
+        for spec in settings.models:
+            for patch in settings.patches:
+                for level in settings.levels:
+                    cell = Cell(spec.name, patch, level)
+                    yield RecallCell.from_parent(self, name=f"test_recall[{cell.id}]", cell=cell)
+        if settings.search.enabled:
+            levels = settings.search.levels or tuple(lv for lv in settings.levels if lv > 0)
+            for spec in settings.models:
+                for patch in settings.patches:
+                    for level in levels:
+                        cell = Cell(spec.name, patch, level, kind="search")
+                        yield WorstPlacementCell.from_parent(self, name=f"test_worst_placement[{cell.id}]", cell=cell)
+
+
+class CellItem(pytest.Item):
+    def __init__(self, *, cell: Cell, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.cell = cell
+        self.record: dict[str, Any] | None = None
+        # One worker per model under `--dist loadgroup`, so each worker loads a model once.
+        self.add_marker(pytest.mark.xdist_group(cell.model))
+        self.add_marker(pytest.mark.medrobust)
+
+    @property
+    def runner(self) -> GridRunner:
+        return self.config.stash[RUNNER_KEY]
+
+    @property
+    def settings(self) -> Settings:
+        return self.config.stash[SETTINGS_KEY]
+
+    def setup(self) -> None:
+        try:
+            self.runner.prepare(self.cell.model)
+        except MedrobustError as exc:
+            # A setup failure is reported as an error; pytrace=False shows just the message.
+            pytest.fail(str(exc), pytrace=False)
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        return self.path, None, f"medrobust {self.cell.kind} cell {self.cell.id}"
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, (GateFailure, MedrobustError)):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style=style)
+
+    def base_record(self) -> dict[str, Any]:
+        c = self.cell
+        return {"id": c.id, "kind": c.kind, "model": c.model, "patch": c.patch, "level": c.level}
+
+    def finish(self, measurement: Measurement, verdict: Any, extra: dict[str, Any] | None = None) -> None:
+        """Record the cell (for the JSON and junit), then fail if a threshold was not met."""
+        runner = self.runner
+        record = {
+            **self.base_record(),
+            "n_images": measurement.n_images,
+            "metrics": measurement.metrics,
+            "thresholds": verdict.thresholds,
+            "failures": verdict.failures,
+            "passed": verdict.passed,
+            "outcome": "passed" if verdict.passed else "failed",
+            "error": None,
+            "search": None,
+            "duration_s": round(measurement.seconds, 3),
+            "model_card": runner.model_card(self.cell.model),
+            "dataset": runner.dataset().card(),
+            **(extra or {}),
+        }
+        self.record = record
+        for name, value in measurement.metrics.items():
+            self.user_properties.append((f"medrobust.{name}", f"{value:.6f}"))
+        self.user_properties.append(("medrobust.passed", str(verdict.passed).lower()))
+        if not verdict.passed:
+            raise GateFailure("\n".join(verdict.failures))
+
+    def evaluate(self, measurement: Measurement) -> Any:
+        c = self.cell
+        clean = self.runner.clean(c.model).metrics if c.level > 0 else None
+        return self.settings.thresholds.evaluate(c.id, c.model, c.patch, c.level, measurement.metrics, clean)
+
+
+class RecallCell(CellItem):
+    """Recall@k of one model with every image occluded by the seeded placement of one cell."""
+
+    def runtest(self) -> None:
+        measurement = self.runner.measure(self.cell.model, self.cell.patch, self.cell.level)
+        self.finish(measurement, self.evaluate(measurement))
+
+
+class WorstPlacementCell(CellItem):
+    """Hypothesis searches the placement policies of one cell for one that breaks the gate."""
+
+    def runtest(self) -> None:
+        from .search import search_worst_placement
+
+        outcome = search_worst_placement(self.runner, self.cell, self.evaluate)
+        extra: dict[str, Any] = {"search": outcome.to_json()}
+        if outcome.picture is not None:
+            extra["search"]["picture_png_base64"] = base64.b64encode(outcome.picture).decode()
+        self.finish(outcome.measurement, outcome.verdict, extra)
+
+
+def error_record(item: CellItem, report: pytest.TestReport) -> dict[str, Any]:
+    message = str(report.longrepr) if report.longrepr is not None else "error"
+    return {
+        **item.base_record(),
+        "n_images": None,
+        "metrics": {},
+        "thresholds": {},
+        "failures": [],
+        "passed": False,
+        "outcome": "error",
+        "error": message,
+        "search": None,
+    }
+
+
+SETTINGS_KEY = pytest.StashKey["Settings"]()
+RUNNER_KEY = pytest.StashKey["GridRunner"]()

@@ -1,0 +1,58 @@
+"""The table printed at the end of a run: per patch type, models x levels, one metric."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def summary_lines(results: Mapping[str, Any], metric: str) -> list[str]:
+    cells = [c for c in results["cells"] if c.get("kind", "grid") == "grid"]
+    searches = [c for c in results["cells"] if c.get("kind") == "search"]
+    lines: list[str] = []
+    dataset = results.get("dataset") or {}
+    if dataset:
+        lines.append(
+            f"dataset {dataset.get('name')}: {dataset.get('n_images')} images, "
+            f"{dataset.get('n_unique_reports')} unique reports, sha256 {str(dataset.get('sha256', ''))[:12]}"
+        )
+    lines.append(f"{metric} per cell (+ passed, x failed, E error):")
+    for patch in dict.fromkeys(c["patch"] for c in cells):
+        rows = [c for c in cells if c["patch"] == patch]
+        levels = sorted({c["level"] for c in rows})
+        models = list(dict.fromkeys(c["model"] for c in rows))
+        width = max(len(m) for m in models + [patch])
+        lines.append("")
+        lines.append(f"{patch:<{width}}  " + "  ".join(f"{lv:>7.2f}" for lv in levels))
+        for model in models:
+            by_level = {c["level"]: c for c in rows if c["model"] == model}
+            parts = []
+            for lv in levels:
+                c = by_level.get(lv)
+                parts.append(f"{'':>7}" if c is None else f"{_value(c, metric):>6}{_mark(c)}")
+            lines.append(f"{model:<{width}}  " + "  ".join(parts))
+    if searches:
+        lines.append("")
+        lines.append("worst-case placement search (Hypothesis):")
+        for c in searches:
+            search = c.get("search") or {}
+            found = search.get("description") or "no failing placement found"
+            value = search.get("value")
+            shown = f" {metric} = {value:.3f}" if isinstance(value, float) else ""
+            lines.append(f"  {c['id']}{_mark(c)}{shown}: {found}")
+    summary = results["summary"]
+    lines.append("")
+    lines.append(
+        f"gate {summary['verdict'].upper()}: {summary['passed']} passed, {summary['failed']} failed, "
+        f"{summary['errors']} errors of {summary['cells']} cells"
+    )
+    return lines
+
+
+def _value(cell: Mapping[str, Any], metric: str) -> str:
+    value = (cell.get("metrics") or {}).get(metric)
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _mark(cell: Mapping[str, Any]) -> str:
+    return {"passed": "+", "failed": "x"}.get(cell.get("outcome", ""), "E")

@@ -1,0 +1,206 @@
+"""Thresholds: when a cell's metrics pass the gate.
+
+Three kinds of limit, each settable per model, patch, metric and level:
+
+* ``min``: the metric must be at least this (recalls);
+* ``max``: the metric must be at most this (ranks, where lower is better);
+* ``retention``: at occluded levels, the metric must keep this share of the same model's clean
+  value: ``occluded / clean >= r`` for recalls, ``clean / occluded >= r`` for ranks.
+
+Configuration (``[tool.medrobust.thresholds]``)::
+
+    gate = "point"                            # or "lower": compare the bootstrap lower bound
+    min = { "i2t_unique_R@5" = 0.25 }         # defaults for every model, patch and level
+    retention = { "i2t_unique_R@5" = 0.5 }
+    [[tool.medrobust.thresholds.rules]]       # later rules override earlier ones
+    model = "demo-plain"                      # fnmatch patterns; default "*"
+    patch = "*"
+    metric = "i2t_unique_R@5"
+    levels = [0.5]                            # or max_level = 0.3; default: every level
+    retention = 0.4
+
+Top-level ``min``/``max``/``retention`` tables replace the built-in defaults of the same kind;
+``rules`` add to them. A rule sets only the kinds it names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+
+from .errors import ConfigError
+
+GATES = ("point", "lower")
+KINDS = ("min", "max", "retention")
+
+# Documented defaults (README, "Thresholds"); chosen so that a model that keeps at least half of
+# its clean unique-text image->report Recall@5 under occlusion passes.
+DEFAULT_MIN: dict[str, float] = {"i2t_unique_R@5": 0.10}
+DEFAULT_RETENTION: dict[str, float] = {"i2t_unique_R@5": 0.60, "t2i_R@5": 0.60}
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric.endswith("_rank")
+
+
+@dataclass(frozen=True)
+class Rule:
+    metric: str
+    model: str = "*"
+    patch: str = "*"
+    levels: tuple[float, ...] | None = None
+    max_level: float | None = None
+    min: float | None = None
+    max: float | None = None
+    retention: float | None = None
+
+    def matches(self, model: str, patch: str, level: float, metric: str) -> bool:
+        if not (fnmatchcase(model, self.model) and fnmatchcase(patch, self.patch) and fnmatchcase(metric, self.metric)):
+            return False
+        if self.levels is not None and not any(abs(level - x) < 1e-9 for x in self.levels):
+            return False
+        return self.max_level is None or level <= self.max_level + 1e-9
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    thresholds: dict[str, dict[str, Any]]  # per metric: limits, clean value, ratio, bound used
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    rules: tuple[Rule, ...]
+    gate: str = "point"
+
+    @classmethod
+    def defaults(cls) -> Thresholds:
+        return cls(_rules_from_kind_tables({"min": DEFAULT_MIN, "retention": DEFAULT_RETENTION}))
+
+    @classmethod
+    def from_table(cls, table: Any, where: str) -> Thresholds:
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{where} must be a table")
+        unknown = set(table) - {"gate", "rules", *KINDS}
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        gate = str(table.get("gate", "point"))
+        if gate not in GATES:
+            raise ConfigError(f"{where}.gate must be one of {', '.join(GATES)}, got {gate!r}")
+        kinds = {"min": DEFAULT_MIN, "retention": DEFAULT_RETENTION}
+        for kind in KINDS:
+            if kind in table:
+                value = table[kind]
+                if not isinstance(value, Mapping):
+                    raise ConfigError(f"{where}.{kind} must be a table of metric = value")
+                kinds[kind] = {str(m): _number(v, f"{where}.{kind}.{m}") for m, v in value.items()}
+        rules = list(_rules_from_kind_tables(kinds))
+        for i, raw in enumerate(table.get("rules", [])):
+            rules.append(_parse_rule(raw, f"{where}.rules[{i}]"))
+        return cls(tuple(rules), gate)
+
+    def evaluate(
+        self,
+        cell_id: str,
+        model: str,
+        patch: str,
+        level: float,
+        metrics: Mapping[str, float],
+        clean: Mapping[str, float] | None,
+        intervals: Mapping[str, Sequence[float]] | None = None,
+    ) -> Verdict:
+        """Check every applicable limit; the failure messages name cell, metric, value and limit."""
+        per_metric: dict[str, dict[str, float]] = {}
+        for rule in self.rules:
+            for metric in metrics:
+                if rule.matches(model, patch, level, metric):
+                    entry = per_metric.setdefault(metric, {})
+                    for kind in KINDS:
+                        value = getattr(rule, kind)
+                        if value is not None:
+                            entry[kind] = value
+        unknown = sorted({r.metric for r in self.rules if "*" not in r.metric} - set(metrics))
+        failures = [f"{cell_id}: threshold set for unknown metric {m!r}; measured: {', '.join(metrics)}" for m in unknown]
+        table: dict[str, dict[str, Any]] = {}
+        for metric, limit in sorted(per_metric.items()):
+            value = float(metrics[metric])
+            row: dict[str, Any] = dict(limit)
+            shown = f"{metric} = {value:.3f}"
+            gated = value
+            if self.gate == "lower" and intervals and metric in intervals and not lower_is_better(metric):
+                gated = float(intervals[metric][0])
+                row["lower_bound"] = gated
+                shown = f"{metric} = {value:.3f} (lower bound {gated:.3f})"
+            if "min" in limit and gated < limit["min"]:
+                failures.append(f"{cell_id}: {shown} < min {limit['min']:.3f}")
+            if "max" in limit and value > limit["max"]:
+                failures.append(f"{cell_id}: {metric} = {value:.3f} > max {limit['max']:.3f}")
+            if "retention" in limit and level > 0:
+                if clean is None or metric not in clean:
+                    failures.append(f"{cell_id}: no clean measurement of {metric} to compute retention")
+                else:
+                    base = float(clean[metric])
+                    row["clean"] = base
+                    if lower_is_better(metric):
+                        ratio = base / value if value > 0 else None
+                    else:
+                        # A clean value of 0 leaves nothing to retain; the min limit governs.
+                        ratio = gated / base if base > 0 else None
+                    row["ratio"] = ratio
+                    if ratio is not None and ratio < limit["retention"]:
+                        failures.append(
+                            f"{cell_id}: {metric} retention = {ratio:.3f} ({gated:.3f} occluded vs "
+                            f"{base:.3f} clean) < {limit['retention']:.2f}"
+                        )
+            table[metric] = row
+        return Verdict(table, failures)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"gate": self.gate, "rules": [r.to_json() for r in self.rules]}
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if value < 0:
+        raise ConfigError(f"{where}: must be >= 0, got {value}")
+    return float(value)
+
+
+def _rules_from_kind_tables(kinds: Mapping[str, Mapping[str, float]]) -> tuple[Rule, ...]:
+    return tuple(Rule(metric=m, **{kind: v}) for kind, table in kinds.items() for m, v in table.items())
+
+
+def _parse_rule(raw: Any, where: str) -> Rule:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where} must be a table")
+    allowed = {"metric", "model", "patch", "levels", "max_level", *KINDS}
+    unknown = set(raw) - allowed
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    if "metric" not in raw:
+        raise ConfigError(f"{where}: a rule needs a 'metric'")
+    if not any(k in raw for k in KINDS):
+        raise ConfigError(f"{where}: a rule needs at least one of min, max, retention")
+    levels = raw.get("levels")
+    if levels is not None:
+        if not isinstance(levels, Sequence) or isinstance(levels, str):
+            raise ConfigError(f"{where}.levels must be a list of numbers")
+        levels = tuple(_number(x, f"{where}.levels") for x in levels)
+    return Rule(
+        metric=str(raw["metric"]),
+        model=str(raw.get("model", "*")),
+        patch=str(raw.get("patch", "*")),
+        levels=levels,
+        max_level=_number(raw["max_level"], f"{where}.max_level") if "max_level" in raw else None,
+        **{k: _number(raw[k], f"{where}.{k}") for k in KINDS if k in raw},
+    )

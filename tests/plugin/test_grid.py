@@ -1,0 +1,190 @@
+"""The plugin end to end, in pytester folders with fake models (fast: no training, 32 px images)."""
+
+import json
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from .conftest import read_results
+from .fakes import write_dataset
+
+
+def test_plain_pytest_collects_no_grid_and_does_not_import_torch(project):
+    project.makepyfile(
+        test_plain="""
+        import sys
+        def test_torch_not_loaded():
+            assert "torch" not in sys.modules
+        """
+    )
+    result = project.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert "medrobust" not in result.stdout.str().split("short test summary")[0].split("collected")[-1]
+
+
+def test_item_ids_follow_models_patches_levels(project):
+    result = project.runpytest("--medrobust", "--collect-only", "-q")
+    ids = [line for line in result.stdout.lines if line.startswith("medrobust::")]
+    assert ids == [
+        "medrobust::test_recall[oracle-black_box-0.00]",
+        "medrobust::test_recall[oracle-black_box-0.10]",
+        "medrobust::test_recall[oracle-black_box-0.50]",
+        "medrobust::test_recall[constant-black_box-0.00]",
+        "medrobust::test_recall[constant-black_box-0.10]",
+        "medrobust::test_recall[constant-black_box-0.50]",
+    ]
+
+
+def test_command_line_overrides_config_file_overrides_pyproject(project):
+    project.makefile(".toml", gate="levels = [0.2]\nmodels = ['oracle']\n")
+    result = project.runpytest("--medrobust", "--collect-only", "-q", "--medrobust-config", "gate.toml")
+    ids = [line for line in result.stdout.lines if line.startswith("medrobust::")]
+    assert ids == ["medrobust::test_recall[oracle-black_box-0.00]", "medrobust::test_recall[oracle-black_box-0.20]"]
+    result = project.runpytest(
+        "--medrobust", "--collect-only", "-q", "--medrobust-config", "gate.toml", "--medrobust-levels", "0.3,0.4"
+    )
+    ids = [line for line in result.stdout.lines if line.startswith("medrobust::")]
+    assert ids[-1] == "medrobust::test_recall[oracle-black_box-0.40]" and len(ids) == 3
+
+
+def test_oracle_passes_clean_and_fails_heavy_occlusion_with_a_clear_message(project):
+    result = project.runpytest("--medrobust", "--medrobust-models", "oracle", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, failed=1)
+    out = result.stdout.str()
+    # Names the cell, the metric, the measured value and the threshold.
+    assert "oracle-black_box-0.50: i2t_unique_R@1 retention = " in out
+    assert "< 0.80" in out
+    results = read_results(project)
+    cells = {c["id"]: c for c in results["cells"]}
+    assert cells["oracle-black_box-0.00"]["metrics"]["i2t_unique_R@1"] == 1.0
+    assert cells["oracle-black_box-0.00"]["passed"] is True
+    failed = cells["oracle-black_box-0.50"]
+    assert failed["passed"] is False and failed["outcome"] == "failed"
+    assert failed["thresholds"]["i2t_unique_R@1"]["retention"] == 0.8
+    assert failed["metrics"]["i2t_unique_R@1"] < 0.8
+    # The terminal summary shows the table and the verdict.
+    assert "gate FAIL: 2 passed, 1 failed, 0 errors of 3 cells" in out
+
+
+def test_constant_model_never_passes(project):
+    """Ties are broken against the model: a constant model ranks every true match last."""
+    result = project.runpytest("--medrobust", "--medrobust-models", "constant", "--medrobust-levels", "0")
+    result.assert_outcomes(failed=1)
+    cell = read_results(project)["cells"][0]
+    assert cell["metrics"]["i2t_unique_R@1"] == 0.0
+    assert cell["metrics"]["i2t_unique_mean_rank"] == 8.0  # 8 unique reports, all tied
+    assert cell["metrics"]["t2i_R@1"] == 0.0 and cell["metrics"]["t2i_mean_rank"] == 24.0
+
+
+def test_results_json_has_the_public_schema(project):
+    project.runpytest("--medrobust", "--medrobust-models", "oracle")
+    results = read_results(project)
+    assert results["schema"] == 1 and results["seed"] == 0
+    assert set(results["dataset"]) >= {"name", "n_images", "n_unique_reports", "sha256"}
+    assert results["dataset"]["n_images"] == 24 and results["dataset"]["n_unique_reports"] == 8
+    required = {
+        "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_unique_R@1", "i2t_unique_R@5",
+        "i2t_unique_R@10", "i2t_mean_rank", "i2t_median_rank", "t2i_mean_rank", "t2i_median_rank",
+    }
+    for cell in results["cells"]:
+        assert set(cell) >= {"model", "patch", "level", "n_images", "metrics", "thresholds", "passed"}
+        assert required <= set(cell["metrics"])
+        assert all(0.0 <= cell["metrics"][k] <= 1.0 for k in required if "_R@" in k)
+    assert results["models"]["oracle"]["geometry"] == "pad"
+
+
+def test_junit_xml_carries_metrics_as_properties_without_warnings(project):
+    # A subprocess: in-process runs see pytest_medrobust already imported, which warns by itself.
+    result = project.runpytest_subprocess("--medrobust", "--medrobust-models", "oracle", "--junitxml=out.xml", "-W", "error")
+    result.assert_outcomes(passed=2, failed=1)
+    root = ET.parse(project.path / "out.xml").getroot()
+    cases = {c.get("name"): c for c in root.iter("testcase")}
+    props = {p.get("name"): p.get("value") for p in cases["test_recall[oracle-black_box-0.00]"].iter("property")}
+    assert props["medrobust.i2t_unique_R@1"] == "1.000000"
+    assert props["medrobust.passed"] == "true"
+    assert "warnings summary" not in result.stdout.str()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--medrobust-levels", "0.2,1.0"], "--medrobust-levels: occlusion level 1.0 is outside [0, 1)"),
+        (["--medrobust-levels", "-0.1"], "outside [0, 1)"),
+        (["--medrobust-levels", "half"], "is not a number"),
+        (["--medrobust-models", "nosuchmodel"], "unknown model 'nosuchmodel'; available: demo-occaug, demo-plain"),
+        (["--medrobust-patches", "nosuchpatch"], "unknown patch type 'nosuchpatch'; registered: black_box"),
+        (["--medrobust-k", "0"], "--medrobust-k: k must be >= 1"),
+        (["--medrobust-device", "tpu"], "device must be one of auto, cpu, cuda, cuda:N"),
+        (["--medrobust-config", "missing.toml"], "missing.toml does not exist"),
+    ],
+)
+def test_bad_options_are_usage_errors(project, args, message):
+    result = project.runpytest("--medrobust", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert message in result.stderr.str()
+
+
+def test_unknown_config_key_is_named(project):
+    project.makefile(".toml", gate="[tool.medrobust]\nlevles = [0.1]\n")
+    result = project.runpytest("--medrobust", "--medrobust-config", "gate.toml")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "gate.toml: unknown key(s) levles" in result.stderr.str()
+
+
+def test_model_that_fails_to_load_makes_its_items_error_not_skip(project):
+    project.makefile(
+        ".toml", gate="models = [{name = 'broken', factory = 'fakemodels:broken'}, {name = 'oracle', factory = 'fakemodels:oracle'}]\n"
+    )
+    result = project.runpytest("--medrobust", "--medrobust-config", "gate.toml")
+    result.assert_outcomes(passed=2, failed=1, errors=3)
+    out = result.stdout.str()
+    assert "model 'broken' failed to load: RuntimeError: weights file /nowhere/model.safetensors not found" in out
+    cells = {c["id"]: c for c in read_results(project)["cells"]}
+    assert cells["broken-black_box-0.50"]["outcome"] == "error"
+    assert "weights file" in cells["broken-black_box-0.50"]["error"]
+    assert read_results(project)["summary"]["verdict"] == "fail"
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({3: "missing"}, ("manifest.csv, line 5:", "not found", "003.png")),
+        ({4: "empty"}, ("manifest.csv, line 6:", "empty report")),
+        ({5: "corrupt"}, ("manifest.csv, line 7:", "005.png")),
+    ],
+)
+def test_bad_rows_error_every_item_naming_the_row(project, bad, message):
+    write_dataset(project.path, bad=bad)
+    result = project.runpytest("--medrobust", "--medrobust-models", "oracle")
+    result.assert_outcomes(errors=3)
+    lines = [line for line in result.stdout.lines if message[0] in line]
+    assert lines, result.stdout.str()
+    assert all(part in lines[0] for part in message), lines[0]
+
+
+def test_manifest_without_rows_is_an_error(project):
+    (project.path / "manifest.csv").write_text("id,image,report\n")
+    result = project.runpytest("--medrobust", "--medrobust-models", "oracle")
+    result.assert_outcomes(errors=3)
+    assert "manifest.csv: no rows" in result.stdout.str()
+
+
+def test_unwritable_report_dir_fails_before_the_grid(project):
+    (project.path / "blocked").write_text("a file, not a folder")
+    result = project.runpytest("--medrobust", "--medrobust-report-dir", "blocked/sub")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "is not writable" in result.stderr.str()
+
+
+def test_xdist_gives_the_same_items_and_numbers(project):
+    pytest.importorskip("xdist")
+    serial = project.runpytest("--medrobust", "-p", "no:cacheprovider")
+    serial.assert_outcomes(passed=2, failed=4)
+    one = read_results(project)
+    parallel = project.runpytest("--medrobust", "-n", "2", "-p", "no:cacheprovider")
+    parallel.assert_outcomes(passed=2, failed=4)
+    two = read_results(project)
+    strip = lambda r: [{k: v for k, v in c.items() if k != "duration_s"} for c in r["cells"]]  # noqa: E731
+    assert strip(one) == strip(two)
+    assert one["dataset"] == two["dataset"]
