@@ -12,6 +12,10 @@ Loaders are named ``"package.module:function"`` paths so that optional dependenc
 load only when used. A loader is called as ``loader(path, **options)`` and returns a Dataset
 whose every record's image exists and whose every report is non-empty, or raises
 :class:`~pytest_medrobust.errors.DatasetError` listing every bad row.
+
+Every loader takes the common options ``limit``, ``seed``, ``on_bad_rows`` ("error"/"drop"),
+``validate`` ("decode"/"exists"), ``cache_dir`` and ``workers``; see
+:mod:`pytest_medrobust.datasets.subset` and ``docs/datasets.md``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from .manifest import load_manifest, normalise_report
 LOADERS: dict[str, str] = {
     "manifest": "pytest_medrobust.datasets.manifest:load_manifest",
     "phantom": "pytest_medrobust.datasets:load_bundled_phantom",
+    "mimic-cxr": "pytest_medrobust.datasets.mimic:load_mimic_cxr",
+    "openi": "pytest_medrobust.datasets.openi:load_openi",
+    "chexpert5x200": "pytest_medrobust.datasets.chexpert:load_chexpert5x200",
 }
 
 __all__ = [

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..errors import DatasetError
 
@@ -31,6 +36,8 @@ class Dataset:
     records: list[Record]
     # Loader-specific facts for the results JSON (split, section, dropped rows, ...).
     info: dict[str, Any] = field(default_factory=dict)
+    # Where per-file hashes and decoded images are cached on disk (None: in-process only).
+    cache_dir: Path | None = field(default=None, repr=False)
     _sha256: str | None = field(default=None, repr=False)
 
     @property
@@ -49,10 +56,11 @@ class Dataset:
     def sha256(self) -> str:
         """Fingerprint of what was measured: ids, report texts and image bytes, in order."""
         if self._sha256 is None:
+            digests = file_digests([r.image for r in self.records], self.cache_dir, self.source)
             h = hashlib.sha256()
-            for r in self.records:
+            for r, digest in zip(self.records, digests):
                 h.update(f"{r.id}\0{r.report}\0".encode())
-                h.update(hashlib.sha256(r.image.read_bytes()).digest())
+                h.update(bytes.fromhex(digest))
             self._sha256 = h.hexdigest()
         return self._sha256
 
@@ -89,3 +97,94 @@ def resolve_inside(root: Path, relative: str, where: str) -> Path:
     if not resolved.is_relative_to(root.resolve()):
         raise DatasetError(f"{where}: image path {relative!r} escapes the dataset folder {root}")
     return resolved
+
+
+# --- Per-file sha256 cache ---------------------------------------------------------------------
+# A file's hash is reused while its (resolved path, size, mtime_ns) is unchanged: in-process
+# always, and across runs in ``<cache_dir>/file-sha256/<hash of the dataset source>.json`` when
+# a cache folder is given. That file is written atomically (temp file + os.replace); concurrent
+# writers (xdist workers) can only lose each other's new entries, never corrupt the file.
+
+_FILE_HASHES: dict[str, tuple[int, int, str]] = {}
+_LOADED_CACHE_FILES: set[str] = set()
+_HASH_LOCK = threading.Lock()
+
+
+def _stat_key(path: Path) -> tuple[str, int, int]:
+    st = path.stat()
+    return str(path), st.st_size, st.st_mtime_ns
+
+
+def file_sha256(path: Path, data: bytes | None = None) -> str:
+    """sha256 of a file's bytes, cached by (path, size, mtime). ``data``: its bytes, if read."""
+    key, size, mtime = _stat_key(path)
+    hit = _FILE_HASHES.get(key)
+    if hit is not None and hit[0] == size and hit[1] == mtime:
+        return hit[2]
+    if data is not None:
+        digest = hashlib.sha256(data).hexdigest()
+    else:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        digest = h.hexdigest()
+    with _HASH_LOCK:
+        _FILE_HASHES[key] = (size, mtime, digest)
+    return digest
+
+
+def _hash_cache_file(cache_dir: Path, source: Path) -> Path:
+    tag = hashlib.sha256(str(Path(source).resolve()).encode()).hexdigest()[:16]
+    return Path(cache_dir) / "file-sha256" / f"{tag}.json"
+
+
+def _read_hash_cache(file: Path) -> dict[str, list]:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Create ``path`` atomically: ``write(file)`` into a temp file in the same folder, then
+    ``os.replace`` it into place (readers see the old file or the whole new one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
+
+
+def file_digests(paths: list[Path], cache_dir: Path | None = None, source: Path | None = None) -> list[str]:
+    """sha256 hex digests of ``paths`` (threaded), through the per-file cache."""
+    cache_file = _hash_cache_file(cache_dir, source or Path(".")) if cache_dir is not None else None
+    if cache_file is not None and str(cache_file) not in _LOADED_CACHE_FILES:
+        with _HASH_LOCK:
+            for key, entry in _read_hash_cache(cache_file).items():
+                if isinstance(entry, list) and len(entry) == 3 and key not in _FILE_HASHES:
+                    _FILE_HASHES[key] = (int(entry[0]), int(entry[1]), str(entry[2]))
+            _LOADED_CACHE_FILES.add(str(cache_file))
+    before = {str(p): _FILE_HASHES.get(str(p)) for p in paths}
+    if len(paths) > 1:
+        with ThreadPoolExecutor(max_workers=min(8, len(paths))) as pool:
+            digests = list(pool.map(file_sha256, paths))
+    else:
+        digests = [file_sha256(p) for p in paths]
+    if cache_file is not None and any(_FILE_HASHES.get(k) != v for k, v in before.items()):
+        merged = _read_hash_cache(cache_file)
+        merged.update({str(p): list(_FILE_HASHES[str(p)]) for p in paths})
+        try:
+            atomic_write_bytes(cache_file, json.dumps(merged).encode())
+        except OSError:
+            pass  # a read-only cache folder only costs re-hashing next run
+    return digests

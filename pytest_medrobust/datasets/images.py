@@ -10,19 +10,34 @@ upstream CLIP-style pipelines do:
 A model may replace this step with its own ``prepare_image(PIL.Image) -> PIL.Image`` (of
 ``input_size``), for upstream pipelines that differ. The result is kept as uint8 (what PIL's
 resize gives upstream too) and turned into float [0, 1] per batch, replicated to 3 channels.
+
+Decoded cache: when the dataset has a ``cache_dir`` (or one is passed), ``decode_dataset``
+keeps its N x H x W result in ``<cache_dir>/decoded/<key>.npy``, where the key hashes the
+dataset fingerprint (ids, reports, image bytes), the size, the geometry, the ``prepare``
+function (its qualified name and its output on a fixed probe image), Pillow's version and
+``DECODE_VERSION``. Files are written to a temp file and moved in place with ``os.replace``, so
+a reader never sees a partial file; an unreadable or mismatched cache file is ignored and
+rewritten.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import PIL
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .base import Dataset, raise_problems
+from ..errors import DatasetError
+from .base import Dataset, atomic_write, raise_problems
+
+# Bump when read_image/fit/read_dicom change what they produce, to invalidate decoded caches.
+DECODE_VERSION = 1
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
@@ -71,19 +86,83 @@ def decode_dataset(
     prepare: Prepare | None = None,
     *,
     workers: int | None = None,
+    cache_dir: Path | str | None = None,
 ) -> torch.Tensor:
     """All images of ``dataset`` at the model's input size: uint8 tensor N x H x W.
 
     Decoding runs in threads (PIL releases the GIL). Every image is tried; one error lists every
-    row that failed, with its file and reason.
+    row that failed, with its file and reason. With a cache folder (``cache_dir``, else
+    ``dataset.cache_dir``) the result is cached on disk (see the module docstring).
     """
+    cache_dir = Path(cache_dir) if cache_dir is not None else dataset.cache_dir
+    cache_file = _decoded_cache_file(dataset, size, geometry, prepare, cache_dir) if cache_dir else None
+    if cache_file is not None:
+        cached = _load_decoded(cache_file, (len(dataset.records), *size))
+        if cached is not None:
+            return cached
+    pixels = _decode_all(dataset, size, geometry, prepare, workers)
+    if cache_file is not None:
+        try:
+            atomic_write(cache_file, lambda f: np.save(f, pixels.numpy(), allow_pickle=False))
+        except OSError:
+            pass  # an unwritable cache only costs decoding again next run
+    return pixels
+
+
+def _prepare_id(prepare: Prepare | None, size: tuple[int, int], geometry: str) -> str | None:
+    """What identifies ``prepare``'s behaviour: its name and its output on a fixed probe image."""
+    if prepare is None:
+        return f"fit:{geometry}"
+    probe = np.add.outer(np.arange(97) * 2, np.arange(131)).astype(np.uint8)
+    probe[::7, ::5] = 255
+    try:
+        out = np.asarray(prepare(Image.fromarray(probe, mode="L")).convert("L"), dtype=np.uint8)
+    except Exception:  # noqa: BLE001 - a prepare that cannot take the probe: do not cache
+        return None
+    name = f"{getattr(prepare, '__module__', '?')}.{getattr(prepare, '__qualname__', type(prepare).__qualname__)}"
+    return f"{name}:{hashlib.sha256(out.tobytes()).hexdigest()}"
+
+
+def _decoded_cache_file(
+    dataset: Dataset, size: tuple[int, int], geometry: str, prepare: Prepare | None, cache_dir: Path
+) -> Path | None:
+    prepare_id = _prepare_id(prepare, size, geometry)
+    if prepare_id is None:
+        return None
+    key = json.dumps(
+        {
+            "v": DECODE_VERSION,
+            "dataset": dataset.sha256,
+            "size": list(size),
+            "geometry": geometry,
+            "prepare": prepare_id,
+            "pillow": PIL.__version__,
+        },
+        sort_keys=True,
+    )
+    return Path(cache_dir) / "decoded" / f"{hashlib.sha256(key.encode()).hexdigest()}.npy"
+
+
+def _load_decoded(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if arr.dtype != np.uint8 or arr.shape != shape:
+        return None
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _decode_all(
+    dataset: Dataset, size: tuple[int, int], geometry: str, prepare: Prepare | None, workers: int | None
+) -> torch.Tensor:
     prepare = prepare or (lambda im: fit(im, size, geometry))
 
     def one(i: int) -> np.ndarray | str:
         record = dataset.records[i]
         try:
             image = prepare(read_image(record.image))
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, DatasetError) as exc:
             return f"{record.where}: cannot decode {record.image}: {exc}"
         arr = np.asarray(image.convert("L"), dtype=np.uint8)
         if arr.shape != tuple(size):

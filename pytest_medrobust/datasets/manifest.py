@@ -4,7 +4,9 @@ Columns: ``image`` (path relative to the manifest's folder) and ``report`` (text
 required; ``id`` (default: the image path) and ``split`` optional. With a ``split`` column, only
 rows of the requested split are kept (all rows when no split is requested). Report whitespace
 is normalised (runs of spaces and newlines become one space, ends stripped): that is the text
-the models see and the results JSON records.
+the models see and the results JSON records. Images may be PNG, JPEG or DICOM (``.dcm``).
+Every row is checked before any model runs (see :mod:`pytest_medrobust.datasets.subset` for
+``limit``, ``seed``, ``on_bad_rows`` and ``validate``).
 """
 
 from __future__ import annotations
@@ -12,15 +14,18 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 from ..errors import DatasetError
-from .base import Dataset, Record, raise_problems, resolve_inside
+from .base import Dataset, resolve_inside
+from .reports import normalise_whitespace
+from .subset import Row, build_dataset
 
 REQUIRED_COLUMNS = ("image", "report")
 
 
 def normalise_report(text: str) -> str:
-    return " ".join(str(text).split())
+    return normalise_whitespace(text)
 
 
 def _read_rows(path: Path) -> tuple[list[str], list[tuple[str, dict]]]:
@@ -55,10 +60,14 @@ def _read_rows(path: Path) -> tuple[list[str], list[tuple[str, dict]]]:
     raise DatasetError(f"{path}: a manifest must be .csv or .jsonl, got {suffix or 'no suffix'!r}")
 
 
-def load_manifest(path: str | Path, *, split: str | None = None, name: str | None = None) -> Dataset:
+def load_manifest(
+    path: str | Path, *, split: str | None = None, name: str | None = None, **common: Any
+) -> Dataset:
+    """A manifest as a Dataset. ``common``: ``limit``, ``seed``, ``on_bad_rows``, ``validate``,
+    ``cache_dir``, ``workers`` (see :mod:`pytest_medrobust.datasets.subset`)."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"manifest {path} does not exist")
+        raise DatasetError(f"manifest {path} does not exist" if not path.exists() else f"manifest {path} is not a file")
     columns, rows = _read_rows(path)
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
@@ -70,26 +79,18 @@ def load_manifest(path: str | Path, *, split: str | None = None, name: str | Non
     if not rows:
         raise DatasetError(f"{path}: no rows" + (f" in split {split!r}" if split else ""))
     root = path.parent
-    records: list[Record] = []
-    problems: list[str] = []
-    seen: dict[str, str] = {}
+    candidates: list[Row] = []
     for where, row in rows:
         image = str(row.get("image") or "").strip()
         report = normalise_report(row.get("report") or "")
         rid = str(row.get("id") or image).strip()
         try:
-            image_path = resolve_inside(root, image, where)
+            image_path: Path | None = resolve_inside(root, image, where)
+            problem = None
         except DatasetError as exc:
-            problems.append(str(exc))
-            continue
+            image_path, problem = None, str(exc).removeprefix(f"{where}: ")
         if not report:
-            problems.append(f"{where}: empty report for image {image!r}")
-        if not image_path.is_file():
-            problems.append(f"{where}: image {image!r} not found ({image_path})")
-        if rid in seen:
-            problems.append(f"{where}: duplicate id {rid!r} (first at {seen[rid]})")
-        seen.setdefault(rid, where)
-        records.append(Record(rid, image_path, report, where))
-    raise_problems(f"manifest {path}", problems)
+            problem = problem or f"empty report for image {image!r}"
+        candidates.append(Row(rid, where, image_path, report, problem))
     info = {"split": split} if split else {}
-    return Dataset(name=name or path.stem, source=path, records=records, info=info)
+    return build_dataset(name or path.stem, path, candidates, info=info, **common)
