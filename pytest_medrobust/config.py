@@ -32,8 +32,30 @@ DEVICES = ("auto", "cpu", "cuda")
 
 KNOWN_KEYS = {
     "models", "dataset", "dataset_options", "levels", "patches", "k", "seed", "device", "report_dir",
-    "thresholds", "batch_size", "primary_metric", "search",
+    "thresholds", "batch_size", "primary_metric", "search", "bootstrap", "baseline", "cache_dir", "cache",
+    "precision", "shard",
 }
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class BootstrapSettings:
+    """Percentile bootstrap of every recall (seeded by the run's seed)."""
+
+    resamples: int = 1000
+    confidence: float = 0.95
+
+
+@dataclass(frozen=True)
+class BaselineSettings:
+    """Compare each cell with a saved baseline (``--medrobust-baseline``)."""
+
+    path: Path | None = None
+    save_path: Path | None = None
+    tolerance_abs: float | None = 0.02
+    tolerance_rel: float | None = None
+    metrics: tuple[str, ...] | None = None  # None: every recall the cell measures
+    allow_dataset_mismatch: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,6 +85,12 @@ class Settings:
     batch_size: int = 64
     primary_metric: str = "i2t_unique_R@5"
     search: SearchSettings = field(default_factory=SearchSettings)
+    bootstrap: BootstrapSettings = field(default_factory=BootstrapSettings)
+    baseline: BaselineSettings = field(default_factory=BaselineSettings)
+    cache_dir: Path = Path(".medrobust_cache")
+    cache: bool = True
+    precision: str = "auto"  # auto: bf16 autocast on CUDA where supported, fp32 on CPU
+    shard: tuple[int, int] | None = None  # (index, count), 1-based index
 
     @property
     def model_names(self) -> list[str]:
@@ -86,6 +114,17 @@ class Settings:
                 "levels": list(self.search.levels) if self.search.levels is not None else None,
                 "max_examples": self.search.max_examples,
                 "profile": self.search.profile,
+            },
+            "bootstrap": {"resamples": self.bootstrap.resamples, "confidence": self.bootstrap.confidence},
+            "cache": self.cache,
+            "precision": self.precision,
+            "shard": f"{self.shard[0]}/{self.shard[1]}" if self.shard else None,
+            "baseline": {
+                "path": str(self.baseline.path) if self.baseline.path else None,
+                "tolerance_abs": self.baseline.tolerance_abs,
+                "tolerance_rel": self.baseline.tolerance_rel,
+                "metrics": list(self.baseline.metrics) if self.baseline.metrics else None,
+                "allow_dataset_mismatch": self.baseline.allow_dataset_mismatch,
             },
         }
 
@@ -130,6 +169,19 @@ def parse_ks(value: Any, where: str) -> tuple[int, ...]:
     if not ks:
         raise ConfigError(f"{where}: no k values given")
     return tuple(sorted(set(ks)))
+
+
+def parse_shard(value: Any, where: str) -> tuple[int, int] | None:
+    if value in (None, ""):
+        return None
+    index, sep, count = str(value).partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        raise ConfigError(f"{where}: expected i/n such as 1/4, got {value!r}") from None
+    if not sep or n < 1 or not 1 <= i <= n:
+        raise ConfigError(f"{where}: expected i/n with 1 <= i <= n, got {value!r}")
+    return (i, n)
 
 
 def parse_int(value: Any, where: str, minimum: int | None = None) -> int:
@@ -241,15 +293,73 @@ def apply_table(settings: Settings, table: Mapping[str, Any], source: str) -> Se
         changes["thresholds"] = Thresholds.from_table(table["thresholds"], where("thresholds"))
     if "search" in table:
         changes["search"] = _parse_search(settings.search, table["search"], where("search"))
+    if "cache_dir" in table:
+        changes["cache_dir"] = Path(str(table["cache_dir"]))
+    if "cache" in table:
+        changes["cache"] = bool(table["cache"])
+    if "precision" in table:
+        precision = str(table["precision"])
+        if precision not in PRECISIONS:
+            raise ConfigError(f"{where('precision')}: must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        changes["precision"] = precision
+    if "shard" in table:
+        changes["shard"] = parse_shard(table["shard"], where("shard"))
+    if "bootstrap" in table:
+        changes["bootstrap"] = _parse_bootstrap(settings.bootstrap, table["bootstrap"], where("bootstrap"))
+    if "baseline" in table:
+        changes["baseline"] = _parse_baseline(settings.baseline, table["baseline"], where("baseline"))
     return replace(settings, **changes)
 
 
-def _parse_search(current: SearchSettings, table: Any, where: str) -> SearchSettings:
+def _check_table(table: Any, allowed: set[str], where: str) -> None:
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where} must be a table")
-    unknown = set(table) - {"enabled", "levels", "max_examples", "profile"}
+    unknown = set(table) - allowed
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(allowed))}")
+
+
+def parse_fraction(value: Any, where: str, *, low: float = 0.0, high: float = 1.0) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {value!r} is not a number") from None
+    if math.isnan(number) or not low <= number <= high:
+        raise ConfigError(f"{where}: must be in [{low}, {high}], got {number}")
+    return number
+
+
+def _parse_bootstrap(current: BootstrapSettings, table: Any, where: str) -> BootstrapSettings:
+    if isinstance(table, (int, str)) and not isinstance(table, bool):
+        return replace(current, resamples=parse_int(table, where, 0))
+    _check_table(table, {"resamples", "confidence"}, where)
+    changes: dict[str, Any] = {}
+    if "resamples" in table:
+        changes["resamples"] = parse_int(table["resamples"], f"{where}.resamples", 0)
+    if "confidence" in table:
+        changes["confidence"] = parse_fraction(table["confidence"], f"{where}.confidence", low=0.5, high=0.999)
+    return replace(current, **changes)
+
+
+def _parse_baseline(current: BaselineSettings, table: Any, where: str) -> BaselineSettings:
+    keys = {"path", "save_path", "tolerance_abs", "tolerance_rel", "metrics", "allow_dataset_mismatch"}
+    _check_table(table, keys, where)
+    changes: dict[str, Any] = {}
+    for key in ("path", "save_path"):
+        if key in table:
+            changes[key] = Path(str(table[key])) if table[key] else None
+    for key in ("tolerance_abs", "tolerance_rel"):
+        if key in table:
+            changes[key] = None if table[key] is None else parse_fraction(table[key], f"{where}.{key}", high=1e9)
+    if "metrics" in table:
+        changes["metrics"] = tuple(_split(table["metrics"])) or None
+    if "allow_dataset_mismatch" in table:
+        changes["allow_dataset_mismatch"] = bool(table["allow_dataset_mismatch"])
+    return replace(current, **changes)
+
+
+def _parse_search(current: SearchSettings, table: Any, where: str) -> SearchSettings:
+    _check_table(table, {"enabled", "levels", "max_examples", "profile"}, where)
     changes: dict[str, Any] = {}
     if "enabled" in table:
         changes["enabled"] = bool(table["enabled"])

@@ -8,6 +8,7 @@ with a message naming the cell, the metric, the value and the threshold.
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from .errors import MedrobustError
 if TYPE_CHECKING:
     from .config import Settings
     from .runner import Cell, GridRunner, Measurement
+    from .thresholds import Verdict
 
 GRID_NAME = "medrobust"
 
@@ -83,35 +85,39 @@ class CellItem(pytest.Item):
         c = self.cell
         return {"id": c.id, "kind": c.kind, "model": c.model, "patch": c.patch, "level": c.level}
 
-    def finish(self, measurement: Measurement, verdict: Any, extra: dict[str, Any] | None = None) -> None:
-        """Record the cell (for the JSON and junit), then fail if a threshold was not met."""
+    def judge(self, measurement: Measurement) -> Verdict:
+        """Thresholds (on the point estimate or the bootstrap lower bound) and the baseline."""
+        c = self.cell
+        clean = self.runner.clean(c.model).metrics if c.level > 0 else None
+        intervals = self.runner.intervals(measurement)
+        return self.settings.thresholds.evaluate(c.id, c.model, c.patch, c.level, measurement.metrics, clean, intervals)
+
+    def finish(self, measurement: Measurement, verdict: Verdict, extra: dict[str, Any] | None = None) -> None:
+        """Record the cell (for the JSON and junit), then fail if a limit was not met."""
         runner = self.runner
         record = {
             **self.base_record(),
             "n_images": measurement.n_images,
             "metrics": measurement.metrics,
+            "intervals": runner.intervals(measurement),
             "thresholds": verdict.thresholds,
-            "failures": verdict.failures,
-            "passed": verdict.passed,
-            "outcome": "passed" if verdict.passed else "failed",
-            "error": None,
+            "failures": list(verdict.failures),
             "search": None,
             "duration_s": round(measurement.seconds, 3),
-            "model_card": runner.model_card(self.cell.model),
-            "dataset": runner.dataset().card(),
+            "cached": measurement.cached,
             **(extra or {}),
         }
+        record["failures"] += runner.baseline_failures(record)
+        passed = not record["failures"]
+        record.update(passed=passed, outcome="passed" if passed else "failed", error=None)
+        record["model_card"] = runner.model_card(self.cell.model)
+        record["dataset"] = runner.dataset().card()
         self.record = record
         for name, value in measurement.metrics.items():
             self.user_properties.append((f"medrobust.{name}", f"{value:.6f}"))
-        self.user_properties.append(("medrobust.passed", str(verdict.passed).lower()))
-        if not verdict.passed:
-            raise GateFailure("\n".join(verdict.failures))
-
-    def evaluate(self, measurement: Measurement) -> Any:
-        c = self.cell
-        clean = self.runner.clean(c.model).metrics if c.level > 0 else None
-        return self.settings.thresholds.evaluate(c.id, c.model, c.patch, c.level, measurement.metrics, clean)
+        self.user_properties.append(("medrobust.passed", str(passed).lower()))
+        if not passed:
+            raise GateFailure("\n".join(record["failures"]))
 
 
 class RecallCell(CellItem):
@@ -119,7 +125,7 @@ class RecallCell(CellItem):
 
     def runtest(self) -> None:
         measurement = self.runner.measure(self.cell.model, self.cell.patch, self.cell.level)
-        self.finish(measurement, self.evaluate(measurement))
+        self.finish(measurement, self.judge(measurement))
 
 
 class WorstPlacementCell(CellItem):
@@ -128,7 +134,7 @@ class WorstPlacementCell(CellItem):
     def runtest(self) -> None:
         from .search import search_worst_placement
 
-        outcome = search_worst_placement(self.runner, self.cell, self.evaluate)
+        outcome = search_worst_placement(self.runner, self.cell, self.judge)
         extra: dict[str, Any] = {"search": outcome.to_json()}
         if outcome.picture is not None:
             extra["search"]["picture_png_base64"] = base64.b64encode(outcome.picture).decode()
@@ -148,6 +154,13 @@ def error_record(item: CellItem, report: pytest.TestReport) -> dict[str, Any]:
         "error": message,
         "search": None,
     }
+
+
+def in_shard(item: CellItem, index: int, count: int) -> bool:
+    """Whether a cell belongs to shard ``index`` of ``count`` (1-based): a hash of the cell, so
+    a cell stays in its shard when the grid grows or shrinks around it."""
+    digest = hashlib.sha256(f"{item.cell.kind}:{item.cell.id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % count == index - 1
 
 
 SETTINGS_KEY = pytest.StashKey["Settings"]()

@@ -6,6 +6,7 @@ not imported. With it, :class:`GatePlugin` is registered for the session.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +28,9 @@ _CLI_KEYS = {
     "medrobust_device": "device",
     "medrobust_report_dir": "report_dir",
     "medrobust_batch_size": "batch_size",
+    "medrobust_cache_dir": "cache_dir",
+    "medrobust_precision": "precision",
+    "medrobust_shard": "shard",
 }
 
 
@@ -36,6 +40,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--medrobust", action="store_true", default=False, help="run the robustness grid")
     add("--medrobust-models", metavar="NAMES", help="comma-separated model names (default: demo-plain,demo-occaug)")
     add("--medrobust-dataset", metavar="SPEC", help="manifest path, or loader:path (default: bundled phantom)")
+    add("--medrobust-limit", metavar="N", type=int, help="use a seeded, stable subset of N rows of the dataset")
+    add(
+        "--medrobust-on-bad-rows",
+        choices=("error", "drop"),
+        help="bad dataset rows: error (default) lists them and stops; drop skips and records them",
+    )
     add("--medrobust-levels", metavar="LEVELS", help="occluded area fractions in [0, 1), e.g. 0,0.1,0.3,0.5")
     add("--medrobust-patches", metavar="NAMES", help="comma-separated patch types (default: black_box)")
     add("--medrobust-k", metavar="KS", help="Recall@k cut-offs (default: 1,5,10)")
@@ -44,6 +54,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--medrobust-report-dir", metavar="DIR", help="where reports are written (default: reports/)")
     add("--medrobust-batch-size", metavar="N", help="images per forward pass (default: 64)")
     add("--medrobust-config", metavar="FILE", help="a TOML file with a [tool.medrobust] table")
+    add("--medrobust-precision", metavar="P", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16")
+    add("--medrobust-cache-dir", metavar="DIR", help="embedding cache (default: .medrobust_cache in the rootdir)")
+    add("--medrobust-no-cache", action="store_true", default=False, help="neither read nor write the cache")
+    add("--medrobust-cache-clear", action="store_true", default=False, help="empty the cache before the run")
+    add("--medrobust-shard", metavar="I/N", help="run the I-th of N stable shares of the grid (merge with `medrobust merge`)")
+    add("--medrobust-bootstrap", metavar="N", help="bootstrap resamples per cell for the intervals (default: 1000; 0 off)")
+    add("--medrobust-baseline", metavar="PATH", help="fail cells whose metrics fell against this saved baseline")
+    add("--medrobust-save-baseline", metavar="PATH", help="save this run's metrics as a baseline")
+    add("--medrobust-baseline-tolerance", metavar="DELTA", help="allowed fall against the baseline (default: 0.02)")
+    add(
+        "--medrobust-allow-baseline-mismatch",
+        action="store_true",
+        default=None,
+        help="compare with a baseline made on a different dataset fingerprint",
+    )
     add(
         "--medrobust-search-examples",
         metavar="N",
@@ -52,10 +77,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto`` starts one worker per GPU when there are GPUs (else xdist's CPU count)."""
+    if not config.getoption("medrobust", default=False):
+        return None
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else None
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "medrobust: a cell of the medrobust robustness grid")
     if not config.getoption("medrobust", default=False):
         return
+    if getattr(config.option, "dist", None) == "load":
+        # Send every cell of a model to one worker (cells carry xdist_group(model)), so each
+        # worker loads one model once; tests without a group are spread as with "load".
+        config.option.dist = "loadgroup"
     try:
         settings = _settings(config)
     except MedrobustError as exc:
@@ -67,13 +106,42 @@ def _settings(config: pytest.Config) -> Any:
     from .config import build_settings, validate_names
 
     cli = {key: config.getoption(dest) for dest, key in _CLI_KEYS.items()}
+    cli["bootstrap"] = config.getoption("medrobust_bootstrap")
+    dataset_cli = {
+        key: config.getoption(dest)
+        for dest, key in (("medrobust_limit", "limit"), ("medrobust_on_bad_rows", "on_bad_rows"))
+        if config.getoption(dest) is not None
+    }
+    baseline = {
+        key: config.getoption(dest)
+        for dest, key in (
+            ("medrobust_baseline", "path"),
+            ("medrobust_save_baseline", "save_path"),
+            ("medrobust_baseline_tolerance", "tolerance_abs"),
+            ("medrobust_allow_baseline_mismatch", "allow_dataset_mismatch"),
+        )
+        if config.getoption(dest) is not None
+    }
+    cli["baseline"] = baseline or None
     settings = build_settings(config.rootpath, config.getoption("medrobust_config"), cli)
+    if dataset_cli:
+        if dataset_cli.get("limit", 1) < 1:
+            raise MedrobustError(f"--medrobust-limit must be >= 1, got {dataset_cli['limit']}")
+        settings = replace(settings, dataset_options={**settings.dataset_options, **dataset_cli})
     examples = config.getoption("medrobust_search_examples")
     if examples is not None:
         if examples < 0:
             raise MedrobustError(f"--medrobust-search-examples must be >= 0, got {examples}")
         settings = replace(settings, search=replace(settings.search, enabled=examples > 0, max_examples=max(1, examples)))
+    if config.getoption("medrobust_no_cache"):
+        settings = replace(settings, cache=False)
+    if not settings.cache_dir.is_absolute():
+        settings = replace(settings, cache_dir=config.rootpath / settings.cache_dir)
     validate_names(settings)
+    if settings.baseline.path is not None:
+        from .reporting.baseline import load_baseline
+
+        load_baseline(settings.baseline.path)  # a corrupt or wrong-schema file fails now
     if not settings.report_dir.is_absolute():
         settings = replace(settings, report_dir=config.rootpath / settings.report_dir)
     if not hasattr(config, "workerinput"):
@@ -105,13 +173,33 @@ class GatePlugin:
         self.results: dict[str, Any] | None = None
         self.written: list[Path] = []
         config.stash[SETTINGS_KEY] = settings
-        config.stash[RUNNER_KEY] = GridRunner(settings)
+        runner = GridRunner(settings)
+        runner.progress_writer = self._write_past_capture
+        config.stash[RUNNER_KEY] = runner
+        if config.getoption("medrobust_cache_clear") and not self.is_worker:
+            runner.cache_root_clear()
+
+    def _write_past_capture(self, text: str) -> None:
+        import sys
+
+        capture = self.config.pluginmanager.getplugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            sys.stderr.write(text)
+            sys.stderr.flush()
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection_modifyitems(self, session: pytest.Session, items: list[pytest.Item]) -> None:
         # tryfirst: the grid must be in `items` before -k / -m deselection and xdist see them.
         grid = MedrobustGrid.from_parent(session, name="medrobust", nodeid="medrobust")
-        items.extend(session.genitems(grid))
+        cells = list(session.genitems(grid))
+        if self.settings.shard is not None:
+            from .items import in_shard
+
+            index, count = self.settings.shard
+            kept = [item for item in cells if in_shard(item, index, count)]
+            session.config.hook.pytest_deselected(items=[item for item in cells if item not in kept])
+            cells = kept
+        items.extend(cells)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]):

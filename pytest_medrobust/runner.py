@@ -8,6 +8,8 @@ settings, the data and the weights: the same on every worker and every run.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from typing import Any
 import torch
 
 from . import occlusion
+from .cache import EmbeddingCache, cache_key, tensor_fingerprint
 from .config import Settings
 from .datasets import Dataset, decode_dataset, load_dataset, to_batch
 from .errors import MedrobustError
@@ -43,14 +46,31 @@ class Measurement:
     ranks: Ranks
     n_images: int
     seconds: float
+    intervals: dict[str, list[float]] | None = None
+    cached: bool = False  # image embeddings read from the on-disk cache
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def resolve_device(name: str, worker: str | None = None) -> torch.device:
+    """The device of this process. Under xdist, ``auto`` and a bare ``cuda`` give worker gwN the
+    visible GPU N mod count, so every GPU of the machine is busy (CUDA_VISIBLE_DEVICES set by the
+    caller is respected: indices are into the visible devices)."""
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise MedrobustError(f"--medrobust-device {name}: CUDA is not available on this machine")
+    if name in ("auto", "cuda"):
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        index = int(worker[2:]) % torch.cuda.device_count() if worker and worker[2:].isdigit() else 0
+        return torch.device("cuda", index)
     return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for model forwards, or None for plain fp32."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 # Placement: given (images, ids) returns the occluded images. The grid's seeded random placement
@@ -69,6 +89,10 @@ class GridRunner:
         self._pixels: dict[tuple, torch.Tensor] = {}
         self._measured: dict[tuple, Measurement] = {}
         self._specs = {m.name: m for m in settings.models}
+        self._baseline: Any = None
+        self._fingerprints: dict[str, str | None] = {}
+        self.cache = EmbeddingCache(settings.cache_dir / "v1" if settings.cache else None)
+        self.progress_writer: Callable[[str], Any] = sys.stderr.write
 
     # -- resources, each loaded once; a failure is remembered so every dependent cell errors ----
 
@@ -80,15 +104,32 @@ class GridRunner:
     @property
     def device(self) -> torch.device:
         if self._device is None:
-            self._device = resolve_device(self.settings.device)
+            self._device = resolve_device(self.settings.device, os.environ.get("PYTEST_XDIST_WORKER"))
         return self._device
+
+    @property
+    def autocast(self) -> torch.dtype | None:
+        return autocast_dtype(self.settings.precision, self.device)
+
+    def _forward(self, encode: Callable[[Any], torch.Tensor], batch: Any) -> torch.Tensor:
+        dtype = self.autocast
+        if dtype is None:
+            return encode(batch).float()
+        with torch.autocast(device_type=self.device.type, dtype=dtype):
+            return encode(batch).float()
 
     def dataset(self) -> Dataset:
         if self._dataset_error is not None:
             raise self._dataset_error
         if self._dataset is None:
             try:
-                self._dataset = load_dataset(self.settings.dataset, **dict(self.settings.dataset_options))
+                # The subset of --medrobust-limit follows the run's seed unless the options set one.
+                options = {"seed": self.settings.seed, **self.settings.dataset_options}
+                if "limit" not in options:
+                    options.pop("seed")
+                if self.settings.cache:
+                    options.setdefault("cache_dir", self.settings.cache_dir)
+                self._dataset = load_dataset(self.settings.dataset, **options)
             except BaseException as exc:
                 self._dataset_error = exc
                 raise
@@ -108,12 +149,41 @@ class GridRunner:
     def model_card(self, name: str) -> dict[str, Any]:
         return model_card(self.model(name), self._specs[name])
 
+    def fingerprint(self, name: str) -> str | None:
+        """What the model's numbers depend on: weights hash and preprocessing (None: unknown,
+        so its embeddings are not cached)."""
+        if name not in self._fingerprints:
+            card = self.model_card(name)
+            weights = card.get("sha256") or tensor_fingerprint(self.model(name))
+            if weights is None:
+                self._fingerprints[name] = None
+            else:
+                card = {k: v for k, v in card.items() if k not in ("training", "n_parameters")}
+                self._fingerprints[name] = cache_key({"weights": weights, "card": card})
+        return self._fingerprints[name]
+
+    def _cached(self, name: str, what: dict[str, Any], compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        fingerprint = self.fingerprint(name) if self.cache.enabled else None
+        if fingerprint is None:
+            return compute()
+        fields = {
+            "model": fingerprint,
+            "dataset": self.dataset().sha256,
+            "autocast": str(self.autocast),
+            "batch_size": self.settings.batch_size,
+            **what,
+        }
+        return self.cache.get_or_compute(fields, compute)
+
     def pixels(self, model: RetrievalModel) -> torch.Tensor:
         """The dataset at the model's input size (uint8 N x H x W), decoded once per geometry."""
         prepare = getattr(model, "prepare_image", None)
         key = (tuple(model.input_size), model.geometry, prepare.__qualname__ if prepare else None)
         if key not in self._pixels:
-            self._pixels[key] = decode_dataset(self.dataset(), tuple(model.input_size), model.geometry, prepare)
+            cache_dir = self.settings.cache_dir / "decoded" if self.settings.cache else None
+            pixels = decode_dataset(self.dataset(), tuple(model.input_size), model.geometry, prepare, cache_dir=cache_dir)
+            # Pinned host memory lets the copies to the GPU run asynchronously.
+            self._pixels[key] = pixels.pin_memory() if self.device.type == "cuda" else pixels
         return self._pixels[key]
 
     def prepare(self, name: str) -> None:
@@ -121,53 +191,141 @@ class GridRunner:
         every image decoded at its input size. Runs as the item's setup, so a failure is an error."""
         self.dataset()
         self.pixels(self.model(name))
+        self.baseline()
 
     # -- measurements ---------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def text_embeddings(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings of the unique report strings, and each image's index into them."""
+        """Embeddings of the unique report strings, and each image's index into them. Computed
+        once per (model, dataset): in memory here, across processes through the cache."""
         if name not in self._texts:
-            model = self.model(name)
             texts, index = unique_texts(self.dataset().reports)
-            bs = self.settings.batch_size
-            chunks = [model.encode_texts(texts[i : i + bs]).float() for i in range(0, len(texts), bs)]
-            self._texts[name] = (torch.cat(chunks).to(self.device), index)
+
+            @torch.inference_mode()
+            def compute() -> torch.Tensor:
+                model = self.model(name)
+                bs = self.settings.batch_size
+                return torch.cat([self._forward(model.encode_texts, texts[i : i + bs]) for i in range(0, len(texts), bs)])
+
+            self._texts[name] = (self._cached(name, {"kind": "text"}, compute).to(self.device), index)
         return self._texts[name]
 
-    @torch.inference_mode()
-    def image_embeddings(self, name: str, occluder: Occluder) -> torch.Tensor:
-        model = self.model(name)
-        pixels = self.pixels(model)
-        ids = self.dataset().ids
-        bs = self.settings.batch_size
-        out = []
-        for start in range(0, len(ids), bs):
-            stop = min(start + bs, len(ids))
-            batch = occluder(to_batch(pixels, slice(start, stop), self.device), ids[start:stop])
-            out.append(model.encode_images(batch).float())
-        return torch.cat(out)
+    def image_embeddings(self, name: str, occluder: Occluder, label: str) -> torch.Tensor:
+        @torch.inference_mode()
+        def compute() -> torch.Tensor:
+            model = self.model(name)
+            pixels = self.pixels(model)
+            ids = self.dataset().ids
+            bs = self.settings.batch_size
+            progress = Progress(f"{name} {label}", len(ids), self.progress_writer)
+            out = []
+            for start in range(0, len(ids), bs):
+                stop = min(start + bs, len(ids))
+                batch = occluder(to_batch(pixels, slice(start, stop), self.device), ids[start:stop])
+                out.append(self._forward(model.encode_images, batch))
+                progress.update(stop)
+            return torch.cat(out)
 
-    def measure_with(self, name: str, occluder: Occluder) -> Measurement:
+        return compute() if label is None else self._cached(name, {"kind": "image", "occlusion": label}, compute)
+
+    def measure_with(self, name: str, occluder: Occluder, label: str) -> Measurement:
+        """Metrics with every image occluded by ``occluder``; ``label`` names the occlusion
+        uniquely (patch spec, level, seed or policy) and keys the cache."""
         started = time.perf_counter()
         texts, index = self.text_embeddings(name)
-        images = self.image_embeddings(name, occluder)
-        ranks = compute_ranks(images, texts, index)
+        images = self.image_embeddings(name, occluder, label)
+        cached = self.cache.last_hit
+        ranks = compute_ranks(images.to(self.device), texts, index)
         metrics = summarize(ranks, self.settings.ks)
-        return Measurement(metrics, ranks, len(index), time.perf_counter() - started)
+        return Measurement(metrics, ranks, len(index), time.perf_counter() - started, cached=cached)
 
     def measure(self, name: str, patch: str, level: float) -> Measurement:
         """The grid's seeded random placement; the clean level is shared by every patch type."""
         key = (name, patch if level > 0 else "", level)
         if key not in self._measured:
             seed = self.settings.seed
+            if level > 0:
+                label = f"{patch}|level={level:.6f}|seed={seed}"
 
-            def occluder(images: torch.Tensor, ids: Sequence[str]) -> torch.Tensor:
-                return occlusion.occlude(images, ids, patch, level, seed)[0] if level > 0 else images
+                def occluder(images: torch.Tensor, ids: Sequence[str]) -> torch.Tensor:
+                    return occlusion.occlude(images, ids, patch, level, seed)[0]
 
-            self._measured[key] = self.measure_with(name, occluder)
+            else:
+                label = "clean"
+
+                def occluder(images: torch.Tensor, ids: Sequence[str]) -> torch.Tensor:
+                    return images
+
+            self._measured[key] = self.measure_with(name, occluder, label)
         return self._measured[key]
 
     def clean(self, name: str) -> Measurement:
         return self.measure(name, "", 0.0)
 
+    def cache_root_clear(self) -> None:
+        """Empty the whole cache folder (embeddings, decoded images, file hashes)."""
+        EmbeddingCache(self.settings.cache_dir).clear()
+
+    def intervals(self, measurement: Measurement) -> dict[str, list[float]]:
+        """Bootstrap confidence intervals of every recall (empty when resamples is 0)."""
+        boot = self.settings.bootstrap
+        if boot.resamples == 0:
+            return {}
+        if measurement.intervals is None:
+            from .stats import bootstrap_intervals
+
+            ranks = {d: getattr(measurement.ranks, d).numpy() for d in ("i2t", "t2i", "i2t_unique")}
+            found = bootstrap_intervals(
+                ranks, self.settings.ks, resamples=boot.resamples, confidence=boot.confidence, seed=self.settings.seed
+            )
+            measurement.intervals = {k: [float(lo), float(hi)] for k, (lo, hi) in found.items()}
+        return measurement.intervals
+
+    def baseline_failures(self, cell: dict[str, Any]) -> list[str]:
+        """Messages for metrics that fell against the saved baseline, if one was given."""
+        options = self.settings.baseline
+        if options.path is None:
+            return []
+        from .reporting.baseline import compare_to_baseline
+
+        metrics = options.metrics or [m for m in cell["metrics"] if "_R@" in m]
+        failures = compare_to_baseline(
+            cell, self.baseline(), metrics=metrics, tolerance_abs=options.tolerance_abs, tolerance_rel=options.tolerance_rel
+        )
+        return [f"{cell['id']}: {f}" for f in failures]
+
+    def baseline(self) -> Any:
+        """The saved baseline, checked against this run's dataset fingerprint (None if not given)."""
+        options = self.settings.baseline
+        if options.path is None:
+            return None
+        if self._baseline is None:
+            from .reporting.baseline import check_compatible, load_baseline
+
+            baseline = load_baseline(options.path)
+            check_compatible(baseline, self.dataset().sha256, options.allow_dataset_mismatch)
+            self._baseline = baseline
+        return self._baseline
+
+
+
+class Progress:
+    """Throughput lines for long encodes: the first after 10 s, then at most every 30 s, so CI
+    logs stay short. The plugin routes them past pytest's capture to the process's stderr, which
+    xdist workers share with the controller."""
+
+    FIRST, EVERY = 10.0, 30.0
+
+    def __init__(self, what: str, total: int, write: Callable[[str], Any]):
+        self.what, self.total, self.write = what, total, write
+        self.started = self.last = time.perf_counter()
+        self.shown = False
+
+    def update(self, done: int) -> None:
+        now = time.perf_counter()
+        if now - self.last < (self.EVERY if self.shown else self.FIRST):
+            return
+        self.last, self.shown = now, True
+        rate = done / max(now - self.started, 1e-9)
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+        self.write(f"[medrobust{' ' + worker if worker else ''}] {self.what}: {done}/{self.total} images, {rate:.0f} img/s\n")

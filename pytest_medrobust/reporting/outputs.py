@@ -1,23 +1,61 @@
-"""Writing every report of a run, once, on the controller."""
+"""Writing every report of a run, once, on the controller.
+
+``medrobust.json`` (the results), ``medrobust.html`` (self-contained), ``medrobust.md`` (for a CI
+job summary), ``masks/<cell>.png`` (the minimal failing placement of each search cell) and, when
+asked, the baseline file. Each file is written atomically.
+"""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .results import build_results, write_results
+from .results import atomic_write, build_results, write_results
 
 RESULTS_FILE = "medrobust.json"
+HTML_FILE = "medrobust.html"
+MARKDOWN_FILE = "medrobust.md"
+
+
+def _pictures(records: Sequence[dict[str, Any]], directory: Path) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
+    """Move inline PNGs of search cells into files; the JSON keeps their relative paths."""
+    pictures: dict[str, bytes] = {}
+    out = []
+    for rec in records:
+        search = rec.get("search")
+        if search and search.get("picture_png_base64"):
+            search = dict(search)
+            data = base64.b64decode(search.pop("picture_png_base64"))
+            relative = f"masks/{rec['id']}.png"
+            atomic_write(directory / relative, data)
+            search["picture"] = relative
+            pictures[relative] = data
+            rec = {**rec, "search": search}
+        out.append(rec)
+    return out, pictures
 
 
 def write_reports(settings: Any, records: Sequence[dict[str, Any]], device: str) -> tuple[dict[str, Any], list[Path]]:
     """Build the results from the cell records and write the report files; returns both."""
-    results = build_results(seed=settings.seed, config=settings.to_json(), records=records, device=device)
+    from .html import render_html
+    from .markdown import render_markdown
+
     directory = Path(settings.report_dir)
-    written = []
-    if results["cells"]:
-        path = directory / RESULTS_FILE
-        write_results(results, path)
-        written.append(path)
+    records, pictures = _pictures(records, directory)
+    results = build_results(seed=settings.seed, config=settings.to_json(), records=records, device=device)
+    written: list[Path] = []
+    if not results["cells"]:
+        return results, written
+    write_results(results, directory / RESULTS_FILE)
+    written.append(directory / RESULTS_FILE)
+    atomic_write(directory / HTML_FILE, render_html(results, pictures=pictures))
+    written.append(directory / HTML_FILE)
+    atomic_write(directory / MARKDOWN_FILE, render_markdown(results))
+    written.append(directory / MARKDOWN_FILE)
+    if settings.baseline.save_path is not None:
+        from .baseline import save_baseline
+
+        written.append(save_baseline(results, settings.baseline.save_path))
     return results, written

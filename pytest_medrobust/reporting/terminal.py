@@ -16,6 +16,12 @@ def summary_lines(results: Mapping[str, Any], metric: str) -> list[str]:
             f"dataset {dataset.get('name')}: {dataset.get('n_images')} images, "
             f"{dataset.get('n_unique_reports')} unique reports, sha256 {str(dataset.get('sha256', ''))[:12]}"
         )
+    dropped = dataset.get("dropped") or []
+    if dropped:
+        lines.append(f"dropped {len(dropped)} bad row(s) (on_bad_rows=drop):")
+        lines += [f"  - {d.get('where')}: {d.get('reason')}" for d in dropped[:20]]
+        if len(dropped) > 20:
+            lines.append(f"  ... and {len(dropped) - 20} more (all in the results JSON)")
     lines.append(f"{metric} per cell (+ passed, x failed, E error):")
     for patch in dict.fromkeys(c["patch"] for c in cells):
         rows = [c for c in cells if c["patch"] == patch]

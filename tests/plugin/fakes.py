@@ -53,6 +53,15 @@ def constant(device, **options):
     return Constant(device)
 
 
+def tiny(device, seed=0, size=32, **options):
+    """A small random-weight torch model: its weights hash changes with ``seed``."""
+    from pytest_medrobust.models.demo import DemoConfig, DemoDualEncoder
+
+    torch.manual_seed(int(seed))
+    config = DemoConfig(input_size=int(size), channels=(8, 16), grid=2, hash_buckets=1024, text_width=32, embed_dim=16)
+    return DemoDualEncoder(config, name="tiny").eval().to(device)
+
+
 def broken(device, **options):
     raise RuntimeError("weights file /nowhere/model.safetensors not found")
 '''.replace("{WORDS!r}", repr(SLOT_WORDS))

@@ -113,7 +113,7 @@ def test_junit_xml_carries_metrics_as_properties_without_warnings(project):
         (["--medrobust-levels", "-0.1"], "outside [0, 1)"),
         (["--medrobust-levels", "half"], "is not a number"),
         (["--medrobust-models", "nosuchmodel"], "unknown model 'nosuchmodel'; available: demo-occaug, demo-plain"),
-        (["--medrobust-patches", "nosuchpatch"], "unknown patch type 'nosuchpatch'; registered: black_box"),
+        (["--medrobust-patches", "nosuchpatch"], "unknown patch type 'nosuchpatch'; registered: "),
         (["--medrobust-k", "0"], "--medrobust-k: k must be >= 1"),
         (["--medrobust-device", "tpu"], "device must be one of auto, cpu, cuda, cuda:N"),
         (["--medrobust-config", "missing.toml"], "missing.toml does not exist"),
@@ -185,6 +185,25 @@ def test_xdist_gives_the_same_items_and_numbers(project):
     parallel = project.runpytest("--medrobust", "-n", "2", "-p", "no:cacheprovider")
     parallel.assert_outcomes(passed=2, failed=4)
     two = read_results(project)
-    strip = lambda r: [{k: v for k, v in c.items() if k != "duration_s"} for c in r["cells"]]  # noqa: E731
+    strip = lambda r: [{k: v for k, v in c.items() if k not in ("duration_s", "cached")} for c in r["cells"]]  # noqa: E731
     assert strip(one) == strip(two)
     assert one["dataset"] == two["dataset"]
+
+
+def test_on_bad_rows_drop_runs_the_rest_and_records_the_dropped_rows(project):
+    write_dataset(project.path, bad={3: "missing", 4: "empty"})
+    result = project.runpytest("--medrobust", "--medrobust-models", "oracle", "--medrobust-on-bad-rows", "drop")
+    result.assert_outcomes(passed=2, failed=1)
+    out = result.stdout.str()
+    assert "dropped 2 bad row(s)" in out and "manifest.csv, line 5" in out
+    dataset = read_results(project)["dataset"]
+    assert dataset["n_images"] == 22
+    assert len(dataset["dropped"]) == 2
+
+
+def test_limit_picks_a_stable_subset(project):
+    project.runpytest("--medrobust", "--medrobust-models", "oracle", "--medrobust-limit", "10")
+    first = read_results(project)["dataset"]
+    project.runpytest("--medrobust", "--medrobust-models", "oracle", "--medrobust-limit", "10")
+    again = read_results(project)["dataset"]
+    assert first["n_images"] == 10 and first["sha256"] == again["sha256"]
