@@ -1,0 +1,175 @@
+"""Dataset-wide placement policies: how every image of a dataset is occluded in a search cell.
+
+A seeded grid cell puts each image's occluder at a random position. A *search* cell instead asks
+Hypothesis for a :class:`PlacementPolicy` -- a few numbers shared by the whole dataset -- so that
+a failing case can be shrunk to a simple, explainable one and replayed exactly:
+
+* ``(fy, fx)`` -- the occluder's relative position in [0, 1]^2: ``fy = 0`` puts its top edge on
+  the image's top edge, ``fy = 1`` its bottom edge on the image's bottom edge, ``0.5`` centres it
+  (likewise ``fx`` for left / right). The box always stays inside the image. Multi-piece patches
+  put their first piece there and cluster the others around it; ``grid_cutout`` uses it as the
+  position of each block inside its grid cell.
+* ``jitter`` -- each image moves its ``(fy, fx)`` by up to ``+-jitter`` (uniform, from the image's
+  own seeded generator), clipped to [0, 1]. 0 = the same position on every image.
+* ``count`` -- pieces of a multi-piece patch (``grid_cutout``: cells per shorter side); None =
+  the patch's own option.
+* ``patch``, ``level`` -- optional labels: the patch specification and level the policy was
+  drawn for (used by :meth:`describe` and :meth:`replay`, and checked by :meth:`plan`).
+
+The policy is deterministic in its fields and the run's seed: ``plan`` gives every image the
+same mask on every run, worker and device, whatever the batch order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import OcclusionError
+from .engine import place_one, placement_seed
+from .geometry import MaskSpec, check_level
+from .patches import PatchType
+from .registry import make_patch, patch_label
+
+
+def _unit(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise OcclusionError(f"placement policy: {name} must be a number in [0, 1], got {value!r}")
+    value = float(value)
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise OcclusionError(f"placement policy: {name} must be in [0, 1], got {value}")
+    return value
+
+
+_V = {0.0: "top", 0.5: "middle", 1.0: "bottom"}
+_H = {0.0: "left", 0.5: "centre", 1.0: "right"}
+
+
+@dataclass(frozen=True)
+class PlacementPolicy:
+    """Where every image of the dataset is occluded (see the module documentation)."""
+
+    fy: float = 0.5
+    fx: float = 0.5
+    jitter: float = 0.0
+    count: int | None = None
+    patch: str | None = None
+    level: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fy", _unit("fy", self.fy))
+        object.__setattr__(self, "fx", _unit("fx", self.fx))
+        object.__setattr__(self, "jitter", _unit("jitter", self.jitter))
+        if self.count is not None:
+            if isinstance(self.count, bool) or not isinstance(self.count, (int, np.integer)) or self.count < 1:
+                raise OcclusionError(f"placement policy: count must be None or an integer >= 1, got {self.count!r}")
+            object.__setattr__(self, "count", int(self.count))
+        if self.patch is not None and not isinstance(self.patch, str):
+            raise OcclusionError(f"placement policy: patch must be a patch specification string, got {self.patch!r}")
+        if self.level is not None:
+            object.__setattr__(self, "level", check_level(self.level))
+
+    # -- planning -------------------------------------------------------------------------------
+
+    def _resolve(self, patch: PatchType | str | None, level: float | None) -> tuple[PatchType, float]:
+        if patch is None:
+            if self.patch is None:
+                raise OcclusionError(f"{self!r} names no patch type; pass one")
+            patch = self.patch
+        patch = make_patch(patch)
+        if self.patch is not None and self.patch not in (patch.name, patch_label(patch)):
+            raise OcclusionError(f"{self!r} was drawn for patch {self.patch!r}, not {patch_label(patch)!r}")
+        if level is None:
+            if self.level is None:
+                raise OcclusionError(f"{self!r} names no level; pass one")
+            level = self.level
+        level = check_level(level)
+        if self.level is not None and abs(self.level - level) > 1e-9:
+            raise OcclusionError(f"{self!r} was drawn for level {self.level}, not {level}")
+        if self.count is not None and not getattr(patch, "multi_piece", False):
+            raise OcclusionError(f"placement policy: count applies to multi-piece patches only, not {patch.name!r}")
+        return patch, level
+
+    def position(self, rng: np.random.Generator) -> tuple[float, float]:
+        """This image's (fy, fx): the policy's, moved by the jitter drawn from ``rng``."""
+        if not self.jitter:
+            return self.fy, self.fx
+        dy, dx = rng.uniform(-self.jitter, self.jitter, 2)
+        return min(max(self.fy + float(dy), 0.0), 1.0), min(max(self.fx + float(dx), 0.0), 1.0)
+
+    def plan(
+        self,
+        patch: PatchType | str | None,
+        level: float | None,
+        ids: Sequence[str],
+        height: int,
+        width: int,
+        seed: int,
+    ) -> list[MaskSpec]:
+        """Every image's mask under this policy; ``patch`` / ``level`` None use the policy's own."""
+        patch, level = self._resolve(patch, level)
+        specs = []
+        for image_id in ids:
+            rng = np.random.default_rng(placement_seed(seed, image_id, patch.name, level))
+            fy, fx = self.position(rng)
+            specs.append(place_one(patch, level, height, width, rng, at=(fy, fx, self.count)))
+        return specs
+
+    # -- reporting ------------------------------------------------------------------------------
+
+    def where(self) -> str:
+        fy, fx = self.fy, self.fx
+        if fy == 0.5 and fx == 0.5:
+            return "centred"
+        if fy in (0.0, 1.0) and fx in (0.0, 1.0):
+            return f"in the {_V[fy]}-{_H[fx]} corner"
+        if fy in _V and fx in _H:
+            return f"at the {_V[fy]} {_H[fx]}" if fy != 0.5 else f"at the middle {_H[fx]}"
+        return f"at (y={fy:.2f}, x={fx:.2f}) [0 = top/left, 1 = bottom/right]"
+
+    def describe(self, patch: str | None = None, level: float | None = None) -> str:
+        """E.g. ``"black_box at 30% centred on every image"``."""
+        patch = patch or self.patch or "the occluder"
+        level = level if level is not None else self.level
+        text = f"{patch} at {level:.0%}" if level is not None else str(patch)
+        if self.count is not None:
+            text += f" in {self.count} piece{'s' if self.count != 1 else ''}"
+        text += f" {self.where()} on every image"
+        if self.jitter:
+            text += f", each moved by up to \u00b1{self.jitter:.2f}"
+        return text
+
+    def __str__(self) -> str:
+        return self.describe()
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict | str) -> PlacementPolicy:
+        if isinstance(data, str):
+            try:
+                data = json.loads(data)
+            except json.JSONDecodeError as exc:
+                raise OcclusionError(f"placement policy: not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise OcclusionError(f"placement policy: expected a JSON object, got {type(data).__name__}")
+        unknown = set(data) - {"fy", "fx", "jitter", "count", "patch", "level"}
+        if unknown:
+            raise OcclusionError(f"placement policy: unknown field(s) {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    def replay(self, seed: int = 0, patch: str | None = None, level: float | None = None) -> str:
+        """A Python snippet that rebuilds this policy and occludes ``images`` (ids ``ids``) with it."""
+        patch = patch or self.patch
+        level = level if level is not None else self.level
+        return (
+            "from pytest_medrobust.occlusion import PlacementPolicy, occlude_with_policy\n"
+            f"policy = {self!r}\n"
+            f"occluded, masks = occlude_with_policy(images, ids, policy, {patch!r}, {level!r}, seed={int(seed)})\n"
+        )

@@ -1,0 +1,1 @@
+"""Self-tests of the occlusion engine, its Hypothesis strategies and its pictures."""
