@@ -155,6 +155,16 @@ def parse_levels(value: Any, where: str) -> tuple[float, ...]:
     return tuple(sorted(set(levels) | {0.0}))
 
 
+def parse_patches(value: Any, where: str) -> tuple[str, ...]:
+    """Patch specifications: names with optional options, ``grid_cutout(cells=4), black_box``."""
+    from .occlusion import split_patch_specs
+
+    patches = split_patch_specs(value) if isinstance(value, str) else [str(v).strip() for v in value]
+    if not patches:
+        raise ConfigError(f"{where}: no patch types given")
+    return tuple(patches)
+
+
 def parse_ks(value: Any, where: str) -> tuple[int, ...]:
     items = _split(value) if isinstance(value, str) else list(value)
     ks = []
@@ -276,7 +286,7 @@ def apply_table(settings: Settings, table: Mapping[str, Any], source: str) -> Se
     if "levels" in table:
         changes["levels"] = parse_levels(table["levels"], where("levels"))
     if "patches" in table:
-        changes["patches"] = tuple(_split(table["patches"]))
+        changes["patches"] = parse_patches(table["patches"], where("patches"))
     if "k" in table:
         changes["ks"] = parse_ks(table["k"], where("k"))
     if "seed" in table:

@@ -134,11 +134,17 @@ class WorstPlacementCell(CellItem):
     def runtest(self) -> None:
         from .search import search_worst_placement
 
-        outcome = search_worst_placement(self.runner, self.cell, self.judge)
+        outcome = search_worst_placement(self.runner, self.cell, self.judge, item_name=self.name)
         extra: dict[str, Any] = {"search": outcome.to_json()}
         if outcome.picture is not None:
             extra["search"]["picture_png_base64"] = base64.b64encode(outcome.picture).decode()
-        self.finish(outcome.measurement, outcome.verdict, extra)
+        try:
+            self.finish(outcome.measurement, outcome.verdict, extra)
+        except GateFailure as failure:
+            raise GateFailure(
+                f"{failure}\nminimal failing placement: {outcome.policy.describe()} "
+                f"({outcome.evaluations} placements evaluated)\nreplay:\n{outcome.replay}"
+            ) from None
 
 
 def error_record(item: CellItem, report: pytest.TestReport) -> dict[str, Any]:

@@ -87,6 +87,7 @@ class GridRunner:
         self._models: dict[str, RetrievalModel | BaseException] = {}
         self._texts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._pixels: dict[tuple, torch.Tensor] = {}
+        self._stats: dict[str, dict[str, float]] = {}
         self._measured: dict[tuple, Measurement] = {}
         self._specs = {m.name: m for m in settings.models}
         self._baseline: Any = None
@@ -186,6 +187,20 @@ class GridRunner:
             self._pixels[key] = pixels.pin_memory() if self.device.type == "cuda" else pixels
         return self._pixels[key]
 
+    def image_stats(self, name: str) -> dict[str, float]:
+        """Dataset intensity mean and std at the model's input size, for fills such as gray_box."""
+        if name not in self._stats:
+            pixels = self.pixels(self.model(name))
+            total = squares = 0.0
+            for start in range(0, len(pixels), 256):  # chunks: no float copy of the whole dataset
+                chunk = pixels[start : start + 256].double().div_(255.0)
+                total += float(chunk.sum())
+                squares += float((chunk * chunk).sum())
+            n = max(pixels.numel(), 1)
+            mean = total / n
+            self._stats[name] = {"mean": mean, "std": max(squares / n - mean * mean, 0.0) ** 0.5}
+        return self._stats[name]
+
     def prepare(self, name: str) -> None:
         """Load what a cell of this model needs: the dataset (every row checked), the model, and
         every image decoded at its input size. Runs as the item's setup, so a failure is an error."""
@@ -245,10 +260,11 @@ class GridRunner:
         if key not in self._measured:
             seed = self.settings.seed
             if level > 0:
-                label = f"{patch}|level={level:.6f}|seed={seed}"
+                label = f"{occlusion.patch_label(occlusion.make_patch(patch))}|level={level:.6f}|seed={seed}"
+                stats = self.image_stats(name)
 
                 def occluder(images: torch.Tensor, ids: Sequence[str]) -> torch.Tensor:
-                    return occlusion.occlude(images, ids, patch, level, seed)[0]
+                    return occlusion.occlude(images, ids, patch, level, seed, stats=stats, inplace=True)[0]
 
             else:
                 label = "clean"

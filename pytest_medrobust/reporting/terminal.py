@@ -22,7 +22,8 @@ def summary_lines(results: Mapping[str, Any], metric: str) -> list[str]:
         lines += [f"  - {d.get('where')}: {d.get('reason')}" for d in dropped[:20]]
         if len(dropped) > 20:
             lines.append(f"  ... and {len(dropped) - 20} more (all in the results JSON)")
-    lines.append(f"{metric} per cell (+ passed, x failed, E error):")
+    if cells:
+        lines.append(f"{metric} per cell (+ passed, x failed, E error):")
     for patch in dict.fromkeys(c["patch"] for c in cells):
         rows = [c for c in cells if c["patch"] == patch]
         levels = sorted({c["level"] for c in rows})
@@ -45,7 +46,7 @@ def summary_lines(results: Mapping[str, Any], metric: str) -> list[str]:
             found = search.get("description") or "no failing placement found"
             value = search.get("value")
             shown = f" {metric} = {value:.3f}" if isinstance(value, float) else ""
-            lines.append(f"  {c['id']}{_mark(c)}{shown}: {found}")
+            lines.append(f"  {c['id']} {_mark(c)}{shown}: {found}")
     summary = results["summary"]
     lines.append("")
     lines.append(

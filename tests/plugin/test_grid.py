@@ -207,3 +207,31 @@ def test_limit_picks_a_stable_subset(project):
     project.runpytest("--medrobust", "--medrobust-models", "oracle", "--medrobust-limit", "10")
     again = read_results(project)["dataset"]
     assert first["n_images"] == 10 and first["sha256"] == again["sha256"]
+
+
+def test_search_cell_shrinks_to_a_minimal_failing_placement_with_picture_and_replay(project):
+    result = project.runpytest(
+        "--medrobust", "--medrobust-models", "oracle", "--medrobust-levels", "0.3",
+        "--medrobust-search-examples", "10", "-k", "worst_placement",
+    )
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert "oracle-black_box-0.30: i2t_unique_R@1" in out
+    assert "minimal failing placement: black_box at 30%" in out
+    assert "replay:" in out
+    cell = next(c for c in read_results(project)["cells"] if c["kind"] == "search")
+    search = cell["search"]
+    assert search["failed"] is True
+    assert search["value"] == cell["metrics"][search["metric"]]
+    assert search["placement"]["jitter"] == 0.0  # shrunk: no jitter needed to break it
+    assert (project.path / "reports" / search["picture"]).read_bytes().startswith(b"\x89PNG")
+    assert "picture_png_base64" not in search
+
+
+def test_search_cells_are_deterministic(project):
+    args = ("--medrobust", "--medrobust-models", "oracle", "--medrobust-levels", "0.3", "--medrobust-search-examples", "6", "-k", "worst_placement")
+    project.runpytest(*args, "--medrobust-no-cache")
+    first = read_results(project)["cells"]
+    project.runpytest(*args, "--medrobust-no-cache")
+    second = read_results(project)["cells"]
+    assert [c["search"] for c in first] == [c["search"] for c in second]
