@@ -26,7 +26,7 @@ else:  # pragma: no cover
 
 DEFAULT_MODELS = ("demo-plain", "demo-occaug")
 DEFAULT_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.5)
-DEFAULT_PATCHES = ("black_box",)
+DEFAULT_PATCHES = ("black_box", "white_box", "noise_box", "blur_box", "annotation")
 DEFAULT_KS = (1, 5, 10)
 DEVICES = ("auto", "cpu", "cuda")
 

@@ -64,6 +64,15 @@ def resolve_device(name: str, worker: str | None = None) -> torch.device:
     return torch.device(name)
 
 
+def _share_cpu_threads(device: torch.device) -> None:
+    """Under xdist on the CPU, split the cores between the workers: several processes each
+    running torch's default thread count stall each other badly. The embeddings do not depend
+    on the thread count (tests/plugin compare -n 2 with -n 0). OMP_NUM_THREADS, if set, wins."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if device.type == "cpu" and workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for model forwards, or None for plain fp32."""
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
@@ -106,6 +115,7 @@ class GridRunner:
     def device(self) -> torch.device:
         if self._device is None:
             self._device = resolve_device(self.settings.device, os.environ.get("PYTEST_XDIST_WORKER"))
+            _share_cpu_threads(self._device)
         return self._device
 
     @property
@@ -179,7 +189,8 @@ class GridRunner:
     def pixels(self, model: RetrievalModel) -> torch.Tensor:
         """The dataset at the model's input size (uint8 N x H x W), decoded once per geometry."""
         prepare = getattr(model, "prepare_image", None)
-        key = (tuple(model.input_size), model.geometry, prepare.__qualname__ if prepare else None)
+        # A model with its own prepare_image gets its own entry; the generic geometry is shared.
+        key = ("model", id(model)) if prepare else (tuple(model.input_size), model.geometry)
         if key not in self._pixels:
             cache_dir = self.settings.cache_dir / "decoded" if self.settings.cache else None
             pixels = decode_dataset(self.dataset(), tuple(model.input_size), model.geometry, prepare, cache_dir=cache_dir)

@@ -36,6 +36,10 @@ ENTRY_POINT_GROUP = "pytest_medrobust.models"
 BUILTIN_FACTORIES: dict[str, str] = {
     "demo-plain": "pytest_medrobust.models.demo:demo_plain",
     "demo-occaug": "pytest_medrobust.models.demo:demo_occaug",
+    "clip": "pytest_medrobust.models.clip:load_clip",
+    "cxr-repair": "pytest_medrobust.models.cxr_repair:load_cxr_repair",
+    "medclip": "pytest_medrobust.models.medclip:load_medclip",
+    "cxr-clip": "pytest_medrobust.models.cxr_clip:load_cxr_clip",
 }
 
 

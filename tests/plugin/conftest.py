@@ -22,6 +22,7 @@ models = [
 ]
 dataset = "manifest.csv"
 levels = [0.0, 0.1, 0.5]
+patches = ["black_box"]
 device = "cpu"
 search = {enabled = false}
 

@@ -112,7 +112,7 @@ def test_junit_xml_carries_metrics_as_properties_without_warnings(project):
         (["--medrobust-levels", "0.2,1.0"], "--medrobust-levels: occlusion level 1.0 is outside [0, 1)"),
         (["--medrobust-levels", "-0.1"], "outside [0, 1)"),
         (["--medrobust-levels", "half"], "is not a number"),
-        (["--medrobust-models", "nosuchmodel"], "unknown model 'nosuchmodel'; available: demo-occaug, demo-plain"),
+        (["--medrobust-models", "nosuchmodel"], "unknown model 'nosuchmodel'; available: clip, cxr-clip, cxr-repair, demo-occaug, demo-plain, medclip"),
         (["--medrobust-patches", "nosuchpatch"], "unknown patch type 'nosuchpatch'; registered: "),
         (["--medrobust-k", "0"], "--medrobust-k: k must be >= 1"),
         (["--medrobust-device", "tpu"], "device must be one of auto, cpu, cuda, cuda:N"),

@@ -1,0 +1,408 @@
+"""``clip``: general-domain CLIP, through open_clip or a transformers ``CLIPModel`` directory.
+
+open_clip (default)
+    ``model_name`` (an open_clip architecture, default ``ViT-B-32``) and ``pretrained``: an
+    open_clip pretrained tag (default ``openai``, which open_clip fetches from the HF hub as
+    ``timm/vit_base_patch32_clip_224.openai`` and then reads from the HF cache), a local
+    ``.pt``/``.bin``/``.safetensors`` file, or ``"none"`` for random weights. The model and its
+    preprocessing come from ``open_clip.create_model_and_transforms`` and the tokenizer from
+    ``open_clip.get_tokenizer``. OpenAI's weights were trained with QuickGELU: for a tag the
+    activation follows the tag's own setting (``ViT-B-32`` + ``openai`` gets QuickGELU, which
+    plain ``create_model_and_transforms`` would only warn about); for a local file say
+    ``quick_gelu=True`` (or use a ``-quickgelu`` model name) when the weights are OpenAI's.
+
+transformers (``hf_dir=``)
+    A directory written by ``CLIPModel.save_pretrained`` holding the model, its tokenizer and its
+    image-processor config (e.g. a local copy of ``openai/clip-vit-base-patch32``). The image
+    geometry is the processor's own (PIL backend where available); the embeddings are
+    ``get_image_features``/``get_text_features`` (``pooler_output`` on transformers 5).
+
+Image path: the harness gives the grayscale X-ray; ``prepare_image`` applies the model's own
+geometric steps (for OpenAI CLIP: resize the shorter side to 224, bicubic, then centre-crop 224),
+so the pixels match ``preprocess(image)`` exactly; ``encode_images`` then normalises with the
+model's mean/std (CLIP: mean 0.48145466/0.4578275/0.40821073, std
+0.26862954/0.26130258/0.27577711 on the 0-1 scale). Text: CLIP BPE, context 77, a longer text
+is truncated and its last token forced to end-of-text (open_clip's tokenizer; the HF tokenizer
+truncates before adding end-of-text, the same ids). Embeddings are L2-normalised.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import ModelLoadError
+from . import hub
+
+_NO_WEIGHTS = {"", "none", "random"}
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def _is_geometric(t: Any) -> bool:
+    """Steps of an open_clip/torchvision preprocess that act on the PIL image's geometry."""
+    name = type(t).__name__
+    return name in {"Resize", "CenterCrop", "ResizeKeepRatio", "CenterCropOrPad", "RandomResizedCrop"}
+
+
+def _bind_prepare(adapter: nn.Module, signature: str) -> None:
+    """Expose ``adapter.prepare_image`` as a function whose ``__qualname__`` carries the geometry.
+
+    The harness caches decoded pixels per (input size, geometry, ``prepare_image.__qualname__``);
+    two CLIP adapters with different resize/crop steps must not share that cache entry.
+    """
+
+    def prepare_image(image: Image.Image) -> Image.Image:
+        return adapter._prepare(image)
+
+    prepare_image.__qualname__ = f"{type(adapter).__qualname__}.prepare_image[{signature}]"
+    prepare_image.__doc__ = "The model's own resize/crop steps on the grayscale image (see the module docstring)."
+    object.__setattr__(adapter, "prepare_image", prepare_image)
+
+
+class OpenClipAdapter(nn.Module):
+    """An open_clip CLIP model behind the medrobust model contract."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        preprocess: Any,
+        tokenizer: Any,
+        *,
+        name: str,
+        card: dict[str, Any],
+        batch_size: int = 64,
+    ):
+        super().__init__()
+        self.model = model.eval()
+        self.name = name
+        self.tokenizer = tokenizer
+        self.batch_size = int(batch_size)
+        steps = list(getattr(preprocess, "transforms", [preprocess]))
+        self._geometric: list[Any] = []
+        normalize = None
+        for t in steps:
+            cls = type(t).__name__
+            if cls in ("ToTensor", "MaybeToTensor"):
+                continue
+            if cls == "Normalize":
+                normalize = t
+            elif _is_geometric(t):
+                if normalize is not None:
+                    raise ModelLoadError(f"{name}: unsupported open_clip preprocess order: {preprocess}")
+                self._geometric.append(t)
+            elif "Convert" in cls or "convert" in getattr(t, "__name__", ""):
+                continue  # RGB conversion: the harness replicates the gray channel
+            else:
+                raise ModelLoadError(f"{name}: unsupported step {cls} in open_clip preprocess {preprocess}")
+        if normalize is None:
+            raise ModelLoadError(f"{name}: open_clip preprocess has no Normalize step: {preprocess}")
+        size = getattr(model.visual, "image_size", 224)
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        self.input_size = (int(h), int(w))
+        crop = any(type(t).__name__ in ("CenterCrop", "CenterCropOrPad") for t in self._geometric)
+        self.geometry = "crop" if crop else "pad"
+        self.register_buffer("mean", torch.tensor(normalize.mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(normalize.std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self._card = {
+            **card,
+            "embedding_dim": getattr(model.visual, "output_dim", None),
+            "input_size": list(self.input_size),
+            "geometry": self.geometry,
+            "preprocess": [repr(t) for t in self._geometric],
+            "normalisation": {"mean": list(normalize.mean), "std": list(normalize.std), "scale": "0-1"},
+            "text_max_length": int(getattr(tokenizer, "context_length", 77) or 77),
+            "text_truncation": "truncate to the context length, last token forced to end-of-text",
+        }
+
+        _bind_prepare(self, "|".join(repr(t) for t in self._geometric))
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def _prepare(self, image: Image.Image) -> Image.Image:
+        for t in self._geometric:
+            image = t(image)
+        return image
+
+    @torch.no_grad()
+    def encode_images(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, torch.float32)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        z = self.model.encode_image((x - self.mean) / self.std)
+        return F.normalize(z.float(), dim=-1)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        texts = list(texts)
+        if not texts:
+            return torch.empty(0, self._card["embedding_dim"] or 0, device=self.device)
+        out = []
+        for i in range(0, len(texts), self.batch_size):
+            tokens = self.tokenizer(texts[i : i + self.batch_size]).to(self.device)
+            out.append(self.model.encode_text(tokens).float())
+        return F.normalize(torch.cat(out), dim=-1)
+
+    def card(self) -> dict[str, Any]:
+        return dict(self._card)
+
+
+class HFClipAdapter(nn.Module):
+    """A transformers ``CLIPModel`` directory behind the medrobust model contract."""
+
+    def __init__(
+        self, model: nn.Module, tokenizer: Any, processor: Any, *, name: str, card: dict[str, Any], batch_size: int = 64
+    ):
+        super().__init__()
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.processor = processor
+        self.name = name
+        self.batch_size = int(batch_size)
+        crop = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
+        if crop:
+            h, w = int(crop["height"]), int(crop["width"])
+        else:
+            size = processor.size
+            h, w = (int(size["height"]), int(size["width"])) if "height" in size else (int(size["shortest_edge"]),) * 2
+        self.input_size = (h, w)
+        self.geometry = "crop" if crop else "pad"
+        scale = float(getattr(processor, "rescale_factor", 1 / 255))
+        mean = [float(m) for m in processor.image_mean]
+        std = [float(s) for s in processor.image_std]
+        if abs(scale * 255.0 - 1.0) > 1e-9:
+            raise ModelLoadError(f"{name}: image processor rescale_factor {scale} is not 1/255; unsupported")
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        text_cfg = model.config.text_config
+        self.max_length = int(min(getattr(tokenizer, "model_max_length", 77) or 77, text_cfg.max_position_embeddings))
+        self._card = {
+            **card,
+            "embedding_dim": int(model.config.projection_dim),
+            "input_size": list(self.input_size),
+            "geometry": self.geometry,
+            "image_processor": type(processor).__name__,
+            "normalisation": {"mean": mean, "std": std, "scale": "0-1"},
+            "text_max_length": self.max_length,
+        }
+
+        _bind_prepare(
+            self,
+            f"{type(processor).__name__}:size={processor.size}:crop={crop}:resample={getattr(processor, 'resample', None)}",
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def _prepare(self, image: Image.Image) -> Image.Image:
+        out = self.processor(images=image.convert("RGB"), do_rescale=False, do_normalize=False, return_tensors="pt")
+        px = out["pixel_values"][0, 0]
+        arr = px.round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+        return Image.fromarray(arr, mode="L")
+
+    @staticmethod
+    def _features(out: Any) -> torch.Tensor:
+        if isinstance(out, torch.Tensor):
+            return out
+        pooled = getattr(out, "pooler_output", None)
+        if pooled is None:
+            raise ModelLoadError("CLIPModel returned no projected features (pooler_output)")
+        return pooled
+
+    @torch.no_grad()
+    def encode_images(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, torch.float32)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        z = self._features(self.model.get_image_features(pixel_values=(x - self.mean) / self.std))
+        return F.normalize(z.float(), dim=-1)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        texts = list(texts)
+        if not texts:
+            return torch.empty(0, self._card["embedding_dim"], device=self.device)
+        out = []
+        for i in range(0, len(texts), self.batch_size):
+            tok = self.tokenizer(
+                texts[i : i + self.batch_size], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            ).to(self.device)
+            feats = self.model.get_text_features(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])
+            out.append(self._features(feats).float())
+        return F.normalize(torch.cat(out), dim=-1)
+
+    def card(self) -> dict[str, Any]:
+        return dict(self._card)
+
+
+def _load_open_clip(
+    *,
+    device: torch.device | str,
+    model_name: str,
+    pretrained: str | None,
+    quick_gelu: bool | None,
+    cache_dir: str | None,
+    trust_pickle: bool,
+    name: str,
+    batch_size: int,
+) -> OpenClipAdapter:
+    import open_clip
+
+    if open_clip.get_model_config(model_name) is None:
+        raise ModelLoadError(
+            f"{name}: unknown open_clip model_name {model_name!r}; e.g. ViT-B-32, ViT-B-16, RN50 "
+            f"(see open_clip.list_models())"
+        )
+    tag = None if pretrained is None or str(pretrained).strip().lower() in _NO_WEIGHTS else str(pretrained)
+    weights_file: Path | None = None
+    tag_cfg: dict[str, Any] = {}
+    if tag is not None:
+        tag_cfg = open_clip.get_pretrained_cfg(model_name, tag) or {}
+        if not tag_cfg:
+            p = Path(tag).expanduser()
+            if p.is_file():
+                weights_file = p
+            elif p.suffix in _WEIGHT_SUFFIXES or "/" in tag or "\\" in tag:
+                raise ModelLoadError(f"{name}: pretrained={tag!r}: no such file")
+            else:
+                tags = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none"
+                raise ModelLoadError(
+                    f"{name}: pretrained={tag!r} is neither an open_clip tag for {model_name} ({tags}) nor a file"
+                )
+    model_quick_gelu = bool(open_clip.get_model_config(model_name).get("quick_gelu", False))
+    if quick_gelu is None:
+        quick_gelu = bool(tag_cfg.get("quick_gelu", False)) or model_quick_gelu
+    quick_gelu = bool(quick_gelu)
+    if model_quick_gelu and not quick_gelu:
+        raise ModelLoadError(f"{name}: model_name {model_name!r} always uses QuickGELU; drop quick_gelu=False")
+
+    kwargs: dict[str, Any] = dict(force_quick_gelu=quick_gelu, cache_dir=cache_dir, device="cpu", precision="fp32")
+    if tag_cfg:
+        try:
+            weights_file = Path(open_clip.pretrained.download_pretrained(tag_cfg, cache_dir=cache_dir))
+        except Exception as exc:
+            where = tag_cfg.get("hf_hub") or tag_cfg.get("url") or "?"
+            offline = " (HF_HUB_OFFLINE is set)" if hub.hub_offline() else ""
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(
+                f"{name}: cannot fetch open_clip weights {model_name}/{tag} ({where}){offline}: {reason}. "
+                f"Download them once where the hub is "
+                f"reachable (they are then read from the HF cache), or pass pretrained=/path/to/weights"
+                f"(.bin|.pt|.safetensors) with quick_gelu=True for OpenAI weights."
+            ) from exc
+        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=tag, **kwargs)
+        source = f"open_clip:{model_name}/{tag}"
+    else:
+        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None, **kwargs)
+        source = "random-init" if weights_file is None else str(weights_file)
+        if weights_file is not None:
+            _load_local_weights(open_clip, model, weights_file, name=name, trust_pickle=trust_pickle)
+    tokenizer = open_clip.get_tokenizer(model_name)
+    card = {
+        "adapter": "clip/open_clip",
+        "variant": model_name,
+        "source": source,
+        "weights_file": None if weights_file is None else str(weights_file),
+        "sha256": None if weights_file is None else hub.sha256_file(weights_file),
+        "quick_gelu": quick_gelu,
+        "open_clip_version": getattr(open_clip, "__version__", "?"),
+    }
+    adapter = OpenClipAdapter(model, preprocess, tokenizer, name=name, card=card, batch_size=batch_size)
+    return adapter.to(device)
+
+
+def _load_local_weights(open_clip: Any, model: nn.Module, path: Path, *, name: str, trust_pickle: bool) -> None:
+    try:
+        open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True)
+        return
+    except pickle.UnpicklingError as exc:
+        if not trust_pickle:
+            raise ModelLoadError(
+                f"{name}: {path} needs full unpickling, which can run arbitrary code, so it was not loaded "
+                f"(torch.load(weights_only=True) refused it: {hub._unpickling_reason(exc)}). If you "
+                f"trust this file (sha256 {hub.sha256_file(path)}), pass the option trust_pickle=True; or "
+                f"convert it once to .safetensors."
+            ) from exc
+    except RuntimeError as exc:  # missing/unexpected keys, shape mismatch
+        raise ModelLoadError(f"{name}: {path} does not fit open_clip {type(model).__name__}: {exc}") from exc
+    try:
+        open_clip.load_checkpoint(model, str(path), strict=True, weights_only=False)
+    except Exception as exc:
+        raise ModelLoadError(f"{name}: cannot load {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def _load_hf_dir(
+    *, device: torch.device | str, hf_dir: str, name: str, batch_size: int
+) -> HFClipAdapter:
+    from transformers import AutoTokenizer, CLIPModel
+
+    d = Path(hf_dir).expanduser()
+    if not (d / "config.json").is_file():
+        raise ModelLoadError(
+            f"{name}: hf_dir={hf_dir!r} is not a transformers model directory (no config.json); write one with "
+            f"CLIPModel.save_pretrained(...) plus the tokenizer and image processor (e.g. a local copy of "
+            f"openai/clip-vit-base-patch32)"
+        )
+    try:
+        model = CLIPModel.from_pretrained(str(d), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"{name}: cannot load CLIPModel/tokenizer from hf_dir={hf_dir!r}: {exc}") from exc
+    processor = _image_processor(d, name)
+    weights = next((d / f for f in ("model.safetensors", "pytorch_model.bin") if (d / f).is_file()), None)
+    card = {
+        "adapter": "clip/transformers",
+        "variant": getattr(model.config.vision_config, "_name_or_path", "") or "CLIPModel",
+        "source": str(d),
+        "weights_file": None if weights is None else str(weights),
+        "sha256": None if weights is None else hub.sha256_file(weights),
+    }
+    return HFClipAdapter(model, tokenizer, processor, name=name, card=card, batch_size=batch_size).to(device)
+
+
+def _image_processor(d: Path, name: str) -> Any:
+    """The directory's CLIP image processor on the PIL backend (what OpenAI CLIP used), when the
+    installed transformers has one; else its default."""
+    try:
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil as Proc
+    except ImportError:
+        from transformers import CLIPImageProcessor as Proc
+    try:
+        return Proc.from_pretrained(str(d), local_files_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"{name}: cannot load the image processor config from hf_dir={str(d)!r}: {exc}") from exc
+
+
+def load_clip(
+    *,
+    device: torch.device | str = "cpu",
+    model_name: str = "ViT-B-32",
+    pretrained: str | None = "openai",
+    hf_dir: str | None = None,
+    quick_gelu: bool | None = None,
+    cache_dir: str | None = None,
+    trust_pickle: bool = False,
+    batch_size: int = 64,
+    name: str = "clip",
+) -> nn.Module:
+    """Factory for ``clip`` (see the module docstring for the options)."""
+    if hf_dir:
+        return _load_hf_dir(device=device, hf_dir=str(hf_dir), name=name, batch_size=batch_size)
+    return _load_open_clip(
+        device=device,
+        model_name=model_name,
+        pretrained=pretrained,
+        quick_gelu=quick_gelu,
+        cache_dir=cache_dir,
+        trust_pickle=bool(trust_pickle),
+        name=name,
+        batch_size=batch_size,
+    )
