@@ -35,8 +35,8 @@ class DemoConfig:
     input_size: int = 128
     channels: tuple[int, ...] = (16, 32, 48, 64, 96)
     grid: int = 4
-    hash_buckets: int = 1 << 15
-    text_width: int = 256
+    hash_buckets: int = 1 << 12
+    text_width: int = 128
     embed_dim: int = 128
 
 
@@ -140,6 +140,7 @@ def save_demo(model: DemoDualEncoder, path: str | Path, card: dict[str, Any]) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".safetensors.tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    tmp.chmod(0o644)  # a shipped fixture: readable by everyone, as the rest of the checkout
     tmp.replace(path)
     full = {"config": asdict(model.config), **card}
     tmp_card = path.with_suffix(".json.tmp")
