@@ -90,7 +90,10 @@ class CellItem(pytest.Item):
         c = self.cell
         clean = self.runner.clean(c.model).metrics if c.level > 0 else None
         intervals = self.runner.intervals(measurement)
-        return self.settings.thresholds.evaluate(c.id, c.model, c.patch, c.level, measurement.metrics, clean, intervals)
+        chance = self.runner.chance(list(measurement.metrics))
+        return self.settings.thresholds.evaluate(
+            c.id, c.model, c.patch, c.level, measurement.metrics, clean, intervals, chance
+        )
 
     def finish(self, measurement: Measurement, verdict: Verdict, extra: dict[str, Any] | None = None) -> None:
         """Record the cell (for the JSON and junit), then fail if a limit was not met."""

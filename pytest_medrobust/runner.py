@@ -293,6 +293,15 @@ class GridRunner:
         """Empty the whole cache folder (embeddings, decoded images, file hashes)."""
         EmbeddingCache(self.settings.cache_dir).clear()
 
+    def chance(self, metrics: Sequence[str]) -> dict[str, float]:
+        """Each recall's chance level on this dataset (what random ranking scores)."""
+        from .thresholds import chance_recall
+
+        dataset = self.dataset()
+        n, unique = len(dataset.records), dataset.n_unique_reports
+        levels = {m: chance_recall(m, n, unique) for m in metrics}
+        return {m: c for m, c in levels.items() if c is not None}
+
     def intervals(self, measurement: Measurement) -> dict[str, list[float]]:
         """Bootstrap confidence intervals of every recall (empty when resamples is 0)."""
         boot = self.settings.bootstrap

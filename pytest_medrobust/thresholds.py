@@ -5,7 +5,11 @@ Three kinds of limit, each settable per model, patch, metric and level:
 * ``min``: the metric must be at least this (recalls);
 * ``max``: the metric must be at most this (ranks, where lower is better);
 * ``retention``: at occluded levels, the metric must keep this share of the same model's clean
-  value: ``occluded / clean >= r`` for recalls, ``clean / occluded >= r`` for ranks.
+  value: ``occluded / clean >= r`` for recalls, ``clean / occluded >= r`` for ranks;
+* ``above_chance``: a recall must close this share of the gap between chance and perfect,
+  ``(R - chance) / (1 - chance) >= a``, where chance is what a model that ranks at random gets
+  (k / candidates). Unlike ``min`` it means the same on 8 or 8,000 candidates: a model at
+  chance never passes it, whatever the dataset.
 
 Configuration (``[tool.medrobust.thresholds]``)::
 
@@ -33,12 +37,25 @@ from typing import Any
 from .errors import ConfigError
 
 GATES = ("point", "lower")
-KINDS = ("min", "max", "retention")
+KINDS = ("min", "max", "retention", "above_chance")
 
 # Documented defaults (README, "Thresholds"); chosen so that a model that keeps at least half of
 # its clean unique-text image->report Recall@5 under occlusion passes.
-DEFAULT_MIN: dict[str, float] = {"i2t_unique_R@5": 0.10}
+DEFAULT_MIN: dict[str, float] = {}
 DEFAULT_RETENTION: dict[str, float] = {"i2t_unique_R@5": 0.60, "t2i_R@5": 0.60}
+DEFAULT_ABOVE_CHANCE: dict[str, float] = {"i2t_unique_R@5": 0.10, "t2i_R@5": 0.10}
+
+
+_DEFAULT_KINDS = {"min": DEFAULT_MIN, "retention": DEFAULT_RETENTION, "above_chance": DEFAULT_ABOVE_CHANCE}
+
+
+def chance_recall(metric: str, n_images: int, n_unique_reports: int) -> float | None:
+    """Expected Recall@k of a model that ranks candidates at random (None for ranks)."""
+    direction, sep, k = metric.rpartition("_R@")
+    if not sep or not k.isdigit():
+        return None
+    candidates = n_unique_reports if direction == "i2t_unique" else n_images
+    return min(1.0, int(k) / max(candidates, 1))
 
 
 def lower_is_better(metric: str) -> bool:
@@ -55,6 +72,7 @@ class Rule:
     min: float | None = None
     max: float | None = None
     retention: float | None = None
+    above_chance: float | None = None
 
     def matches(self, model: str, patch: str, level: float, metric: str) -> bool:
         if not (fnmatchcase(model, self.model) and fnmatchcase(patch, self.patch) and fnmatchcase(metric, self.metric)):
@@ -84,7 +102,7 @@ class Thresholds:
 
     @classmethod
     def defaults(cls) -> Thresholds:
-        return cls(_rules_from_kind_tables({"min": DEFAULT_MIN, "retention": DEFAULT_RETENTION}))
+        return cls(_rules_from_kind_tables(_DEFAULT_KINDS))
 
     @classmethod
     def from_table(cls, table: Any, where: str) -> Thresholds:
@@ -96,7 +114,7 @@ class Thresholds:
         gate = str(table.get("gate", "point"))
         if gate not in GATES:
             raise ConfigError(f"{where}.gate must be one of {', '.join(GATES)}, got {gate!r}")
-        kinds = {"min": DEFAULT_MIN, "retention": DEFAULT_RETENTION}
+        kinds = dict(_DEFAULT_KINDS)
         for kind in KINDS:
             if kind in table:
                 value = table[kind]
@@ -117,6 +135,7 @@ class Thresholds:
         metrics: Mapping[str, float],
         clean: Mapping[str, float] | None,
         intervals: Mapping[str, Sequence[float]] | None = None,
+        chance: Mapping[str, float] | None = None,
     ) -> Verdict:
         """Check every applicable limit; the failure messages name cell, metric, value and limit."""
         per_metric: dict[str, dict[str, float]] = {}
@@ -142,6 +161,20 @@ class Thresholds:
                 shown = f"{metric} = {value:.3f} (lower bound {gated:.3f})"
             if "min" in limit and gated < limit["min"]:
                 failures.append(f"{cell_id}: {shown} < min {limit['min']:.3f}")
+            if "above_chance" in limit:
+                level_of_chance = (chance or {}).get(metric)
+                if level_of_chance is None:
+                    failures.append(f"{cell_id}: above_chance is set for {metric}, which has no chance level")
+                elif level_of_chance >= 1.0:
+                    failures.append(f"{cell_id}: {metric} cannot beat chance: k is at least the number of candidates")
+                else:
+                    lift = (gated - level_of_chance) / (1.0 - level_of_chance)
+                    row.update(chance=level_of_chance, above_chance_measured=lift)
+                    if lift < limit["above_chance"]:
+                        failures.append(
+                            f"{cell_id}: {shown} closes {lift:.3f} of the gap from chance ({level_of_chance:.3f}) "
+                            f"to 1 < above_chance {limit['above_chance']:.2f}"
+                        )
             if "max" in limit and value > limit["max"]:
                 failures.append(f"{cell_id}: {metric} = {value:.3f} > max {limit['max']:.3f}")
             if "retention" in limit and level > 0:

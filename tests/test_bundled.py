@@ -1,0 +1,76 @@
+"""The bundled default: the shipped phantom split, the demo models, and the default grid end to end."""
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pytest_medrobust.datasets import bundled_phantom_manifest, decode_dataset, load_dataset, to_batch
+from pytest_medrobust.datasets.phantom import write_split
+from pytest_medrobust.metrics import retrieval_metrics, unique_texts
+from pytest_medrobust.models.demo import demo_occaug, demo_plain
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def test_shipped_split_is_small_and_regenerates_bit_for_bit(tmp_path):
+    shipped = bundled_phantom_manifest().parent
+    total = sum(p.stat().st_size for p in shipped.rglob("*") if p.is_file())
+    assert total <= 10 * 1024 * 1024
+    # The split is written row by row from (seed, index): its first rows are a smaller split's.
+    write_split(tmp_path, seed=0, n=12, size=128, split="test")
+    with open(shipped / "manifest.csv", newline="") as f:
+        shipped_rows = list(csv.DictReader(f))
+    with open(tmp_path / "manifest.csv", newline="") as f:
+        fresh_rows = list(csv.DictReader(f))
+    assert len(shipped_rows) == 300
+    assert fresh_rows == shipped_rows[:12]
+    for row in fresh_rows:
+        fresh = hashlib.sha256((tmp_path / row["image"]).read_bytes()).hexdigest()
+        assert fresh == hashlib.sha256((shipped / row["image"]).read_bytes()).hexdigest(), row["image"]
+
+
+def test_shipped_split_has_recurring_normal_reports():
+    dataset = load_dataset()
+    assert len(dataset.records) == 300
+    assert dataset.n_unique_reports < len(dataset.records)
+
+
+@pytest.mark.parametrize("factory", [demo_plain, demo_occaug])
+def test_demo_models_match_their_cards_and_beat_chance(factory):
+    model = factory(device="cpu")
+    card = json.loads((FIXTURES / "models" / f"{model.name}.json").read_text())
+    dataset = load_dataset()
+    pixels = decode_dataset(dataset, model.input_size, model.geometry)
+    with torch.inference_mode():
+        images = torch.cat([model.encode_images(to_batch(pixels, slice(i, i + 100), torch.device("cpu"))) for i in range(0, 300, 100)])
+        texts, index = unique_texts(dataset.reports)
+        metrics = retrieval_metrics(images, model.encode_texts(texts), index)
+    recorded = card["clean_metrics_on_shipped_test_split"]
+    assert metrics["i2t_unique_R@5"] == pytest.approx(recorded["i2t_unique_R@5"], abs=2e-4)
+    chance = 5 / len(texts)
+    assert metrics["i2t_unique_R@5"] > 10 * chance
+    assert card["training"]["data_seed"] != 0  # never trained on the shipped split (seed 0)
+    assert model.card()["sha256"] == hashlib.sha256((FIXTURES / "models" / f"{model.name}.safetensors").read_bytes()).hexdigest()
+
+
+def test_default_grid_end_to_end(pytester):
+    """`pytest --medrobust` in an empty folder runs the bundled default and writes every report;
+    the occlusion-trained model holds up better than the plain one at heavy occlusion."""
+    result = pytester.runpytest_subprocess(
+        "--medrobust", "--medrobust-levels", "0,0.5", "--medrobust-search-examples", "2", "-p", "no:cacheprovider",
+        "--junitxml=junit.xml",
+    )
+    assert result.ret in (0, 1), result.stdout.str()
+    results = json.loads((pytester.path / "reports" / "medrobust.json").read_text())
+    assert results["dataset"]["name"] == "phantom" and results["dataset"]["n_images"] == 300
+    grid = {(c["model"], c["level"]): c["metrics"]["i2t_unique_R@5"] for c in results["cells"] if c["kind"] == "grid"}
+    assert grid[("demo-plain", 0.5)] < grid[("demo-plain", 0.0)]
+    assert grid[("demo-occaug", 0.5)] > grid[("demo-plain", 0.5)]
+    for name in ("medrobust.html", "medrobust.md"):
+        assert (pytester.path / "reports" / name).is_file()
+    assert (pytester.path / "junit.xml").is_file()
+    assert "gate " in result.stdout.str()
