@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/pytest --medrobust -m medrobust -p no:cacheprovider
+	$(BIN)/pytest --medrobust-only
 
 test: $(STAMP)
 	$(BIN)/pytest -n 2 tests

@@ -38,6 +38,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("medrobust", "robustness gate for image-report retrieval models")
     add = group.addoption
     add("--medrobust", action="store_true", default=False, help="run the robustness grid")
+    add(
+        "--medrobust-only",
+        action="store_true",
+        default=False,
+        help="run the robustness grid and collect nothing else (implies --medrobust)",
+    )
     add("--medrobust-models", metavar="NAMES", help="comma-separated model names (default: demo-plain,demo-occaug)")
     add("--medrobust-dataset", metavar="SPEC", help="manifest path, or loader:path (default: bundled phantom)")
     add("--medrobust-limit", metavar="N", type=int, help="use a seeded, stable subset of N rows of the dataset")
@@ -80,15 +86,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     """``-n auto`` starts one worker per GPU when there are GPUs (else xdist's CPU count)."""
-    if not config.getoption("medrobust", default=False):
+    if not (config.getoption("medrobust", default=False) or config.getoption("medrobust_only", default=False)):
         return None
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else None
 
 
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    return True if config.getoption("medrobust_only", default=False) else None
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "medrobust: a cell of the medrobust robustness grid")
+    if config.getoption("medrobust_only", default=False):
+        config.option.medrobust = True
     if not config.getoption("medrobust", default=False):
         return
     if getattr(config.option, "dist", None) == "load":

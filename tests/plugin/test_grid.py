@@ -235,3 +235,12 @@ def test_search_cells_are_deterministic(project):
     project.runpytest(*args, "--medrobust-no-cache")
     second = read_results(project)["cells"]
     assert [c["search"] for c in first] == [c["search"] for c in second]
+
+
+def test_medrobust_only_collects_the_grid_and_nothing_else(project):
+    project.makepyfile(test_other="def test_other():\n    assert True\n")
+    both = project.runpytest("--medrobust", "--collect-only", "-q")
+    assert "test_other.py::test_other" in both.stdout.str()
+    only = project.runpytest("--medrobust-only", "--collect-only", "-q")
+    assert "test_other" not in only.stdout.str()
+    assert "medrobust::test_recall[oracle-black_box-0.00]" in only.stdout.str()
