@@ -117,8 +117,9 @@ class EmbeddingCache:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def clear(self) -> None:
-        if self.root is not None and self.root.exists():
-            shutil.rmtree(self.root)
+        """Remove the entries this cache wrote (never anything else under its folder)."""
+        if self.root is not None:
+            shutil.rmtree(self.root / "embeddings", ignore_errors=True)
 
 
 def tensor_fingerprint(module: Any) -> str | None:

@@ -30,6 +30,32 @@ def _load(path: Path) -> dict[str, Any]:
     return data
 
 
+def _check_shards_complete(shards: Sequence[tuple[Path, dict[str, Any]]]) -> None:
+    """Every shard i/n of one n, each once, run with the same configuration."""
+    seen: dict[int, Path] = {}
+    counts = set()
+    first_path, first = shards[0]
+    reference = {k: v for k, v in first.get("config", {}).items() if k != "shard"}
+    for path, data in shards:
+        config = data.get("config", {})
+        if {k: v for k, v in config.items() if k != "shard"} != reference:
+            raise MedrobustError(f"{path}: its configuration differs from {first_path}'s (models, levels, thresholds, ...)")
+        shard = config.get("shard")
+        if not shard:
+            continue
+        index, _, count = str(shard).partition("/")
+        if int(index) in seen:
+            raise MedrobustError(f"{path}: shard {shard} given twice (also {seen[int(index)]})")
+        seen[int(index)] = path
+        counts.add(int(count))
+    if len(counts) > 1:
+        raise MedrobustError(f"shards of different splits given: {sorted(counts)}")
+    if counts:
+        absent = sorted(set(range(1, counts.pop() + 1)) - set(seen))
+        if absent:
+            raise MedrobustError(f"shard(s) {', '.join(map(str, absent))} missing: merge every shard of the split")
+
+
 def merge_shards(paths: Sequence[Path]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The first shard's results (for seed, config, environment) and every shard's cell records,
     checked to belong to one run: same seed, same dataset fingerprint, no conflicting cells."""
@@ -37,6 +63,7 @@ def merge_shards(paths: Sequence[Path]) -> tuple[dict[str, Any], list[dict[str, 
         raise MedrobustError("medrobust merge: no results files given")
     shards = [(p, _load(p)) for p in paths]
     first_path, first = shards[0]
+    _check_shards_complete(shards)
     records: dict[str, dict[str, Any]] = {}
     for path, data in shards:
         if data.get("seed") != first.get("seed"):
@@ -70,7 +97,7 @@ def _merge(args: argparse.Namespace) -> int:
     settings = SimpleNamespace(
         seed=first["seed"], report_dir=Path(args.output), baseline=SimpleNamespace(save_path=None), to_json=lambda: config
     )
-    merged, written = write_reports(settings, records, (first.get("environment") or {}).get("device"))
+    merged, written = write_reports(settings, records)
     summary = merged["summary"]
     for path in written:
         print(f"wrote {path}")

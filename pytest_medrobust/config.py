@@ -67,6 +67,12 @@ class SearchSettings:
     max_examples: int = 8
     profile: str = "medrobust-ci"
 
+    @property
+    def cache_policies(self) -> bool:
+        """Cache each evaluated placement's embeddings on disk only under the CI profile, whose
+        example count is bounded; the explore profile would fill the disk."""
+        return self.profile == "medrobust-ci"
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -138,8 +144,25 @@ def _split(value: str | list | tuple) -> list[str]:
     return [v.strip() for v in str(value).split(",") if v.strip()]
 
 
+def _items(value: Any, where: str) -> list[Any]:
+    """A TOML list, a comma-separated string, or a single number, as a list."""
+    if isinstance(value, str):
+        return _split(value)
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [value]
+    raise ConfigError(f"{where}: expected a list, got {value!r}")
+
+
+def parse_bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"{where}: expected true or false, got {value!r}")
+
+
 def parse_levels(value: Any, where: str) -> tuple[float, ...]:
-    items = _split(value) if isinstance(value, str) else list(value)
+    items = _items(value, where)
     levels = []
     for item in items:
         try:
@@ -159,6 +182,8 @@ def parse_patches(value: Any, where: str) -> tuple[str, ...]:
     """Patch specifications: names with optional options, ``grid_cutout(cells=4), black_box``."""
     from .occlusion import split_patch_specs
 
+    if not isinstance(value, (str, list, tuple)):
+        raise ConfigError(f"{where}: expected a list of patch types, got {value!r}")
     patches = split_patch_specs(value) if isinstance(value, str) else [str(v).strip() for v in value]
     if not patches:
         raise ConfigError(f"{where}: no patch types given")
@@ -166,7 +191,7 @@ def parse_patches(value: Any, where: str) -> tuple[str, ...]:
 
 
 def parse_ks(value: Any, where: str) -> tuple[int, ...]:
-    items = _split(value) if isinstance(value, str) else list(value)
+    items = _items(value, where)
     ks = []
     for item in items:
         try:
@@ -195,6 +220,8 @@ def parse_shard(value: Any, where: str) -> tuple[int, int] | None:
 
 
 def parse_int(value: Any, where: str, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ConfigError(f"{where}: {value!r} is not an integer")
     try:
         number = int(value)
     except (TypeError, ValueError):
@@ -217,6 +244,8 @@ def parse_models(value: Any, where: str, defined: Mapping[str, ModelSpec] | None
     A plain name picks a model defined by a table in an earlier source, else a registered name."""
     if isinstance(value, str):
         value = _split(value)
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list of model names or tables, got {value!r}")
     defined = defined or {}
     specs = []
     for i, item in enumerate(value):
@@ -262,7 +291,19 @@ def read_toml_table(path: Path, *, required: bool) -> dict[str, Any]:
     return table
 
 
-def apply_table(settings: Settings, table: Mapping[str, Any], source: str) -> Settings:
+def resolve_dataset_spec(spec: str, base: Path) -> str:
+    """A manifest path, or the path of ``loader:path``, made absolute against ``base``."""
+    from .datasets import LOADERS
+
+    loader, sep, rest = spec.partition(":")
+    if sep and loader in LOADERS:
+        return f"{loader}:{base / rest}" if rest else spec
+    return str(base / spec)
+
+
+def apply_table(settings: Settings, table: Mapping[str, Any], source: str, base: Path | None = None) -> Settings:
+    """Apply one source's keys. Relative paths in it are taken against ``base`` (the folder of
+    the TOML file that names them, or the invocation folder for the command line)."""
     unknown = set(table) - KNOWN_KEYS
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(KNOWN_KEYS))}")
@@ -278,7 +319,8 @@ def apply_table(settings: Settings, table: Mapping[str, Any], source: str) -> Se
         changes["models"] = models
         changes["model_definitions"] = {**settings.model_definitions, **{m.name: m for m in models}}
     if "dataset" in table:
-        changes["dataset"] = str(table["dataset"]) or None
+        spec = str(table["dataset"]) or None
+        changes["dataset"] = resolve_dataset_spec(spec, base) if spec and base is not None else spec
     if "dataset_options" in table:
         if not isinstance(table["dataset_options"], Mapping):
             raise ConfigError(f"{where('dataset_options')} must be a table")
@@ -294,7 +336,7 @@ def apply_table(settings: Settings, table: Mapping[str, Any], source: str) -> Se
     if "device" in table:
         changes["device"] = parse_device(table["device"], where("device"))
     if "report_dir" in table:
-        changes["report_dir"] = Path(str(table["report_dir"]))
+        changes["report_dir"] = (base or Path()) / str(table["report_dir"])
     if "batch_size" in table:
         changes["batch_size"] = parse_int(table["batch_size"], where("batch_size"), 1)
     if "primary_metric" in table:
@@ -304,9 +346,9 @@ def apply_table(settings: Settings, table: Mapping[str, Any], source: str) -> Se
     if "search" in table:
         changes["search"] = _parse_search(settings.search, table["search"], where("search"))
     if "cache_dir" in table:
-        changes["cache_dir"] = Path(str(table["cache_dir"]))
+        changes["cache_dir"] = (base or Path()) / str(table["cache_dir"])
     if "cache" in table:
-        changes["cache"] = bool(table["cache"])
+        changes["cache"] = parse_bool(table["cache"], where("cache"))
     if "precision" in table:
         precision = str(table["precision"])
         if precision not in PRECISIONS:
@@ -317,7 +359,7 @@ def apply_table(settings: Settings, table: Mapping[str, Any], source: str) -> Se
     if "bootstrap" in table:
         changes["bootstrap"] = _parse_bootstrap(settings.bootstrap, table["bootstrap"], where("bootstrap"))
     if "baseline" in table:
-        changes["baseline"] = _parse_baseline(settings.baseline, table["baseline"], where("baseline"))
+        changes["baseline"] = _parse_baseline(settings.baseline, table["baseline"], where("baseline"), base)
     return replace(settings, **changes)
 
 
@@ -351,20 +393,20 @@ def _parse_bootstrap(current: BootstrapSettings, table: Any, where: str) -> Boot
     return replace(current, **changes)
 
 
-def _parse_baseline(current: BaselineSettings, table: Any, where: str) -> BaselineSettings:
+def _parse_baseline(current: BaselineSettings, table: Any, where: str, base: Path | None) -> BaselineSettings:
     keys = {"path", "save_path", "tolerance_abs", "tolerance_rel", "metrics", "allow_dataset_mismatch"}
     _check_table(table, keys, where)
     changes: dict[str, Any] = {}
     for key in ("path", "save_path"):
         if key in table:
-            changes[key] = Path(str(table[key])) if table[key] else None
+            changes[key] = (base or Path()) / str(table[key]) if table[key] else None
     for key in ("tolerance_abs", "tolerance_rel"):
         if key in table:
             changes[key] = None if table[key] is None else parse_fraction(table[key], f"{where}.{key}", high=1e9)
     if "metrics" in table:
         changes["metrics"] = tuple(_split(table["metrics"])) or None
     if "allow_dataset_mismatch" in table:
-        changes["allow_dataset_mismatch"] = bool(table["allow_dataset_mismatch"])
+        changes["allow_dataset_mismatch"] = parse_bool(table["allow_dataset_mismatch"], f"{where}.allow_dataset_mismatch")
     return replace(current, **changes)
 
 
@@ -372,7 +414,7 @@ def _parse_search(current: SearchSettings, table: Any, where: str) -> SearchSett
     _check_table(table, {"enabled", "levels", "max_examples", "profile"}, where)
     changes: dict[str, Any] = {}
     if "enabled" in table:
-        changes["enabled"] = bool(table["enabled"])
+        changes["enabled"] = parse_bool(table["enabled"], f"{where}.enabled")
     if "levels" in table:
         changes["levels"] = tuple(x for x in parse_levels(table["levels"], f"{where}.levels") if x > 0)
     if "max_examples" in table:
@@ -382,17 +424,19 @@ def _parse_search(current: SearchSettings, table: Any, where: str) -> SearchSett
     return replace(current, **changes)
 
 
-def build_settings(rootdir: Path, config_file: str | None, cli: Mapping[str, Any]) -> Settings:
-    """Defaults < pyproject.toml < --medrobust-config < command line (``cli`` keys as in TOML)."""
+def build_settings(pyproject: Path, config_file: str | None, cli: Mapping[str, Any], invocation_dir: Path) -> Settings:
+    """Defaults < pyproject.toml < --medrobust-config < command line (``cli`` keys as in TOML).
+
+    Relative paths are taken against the folder of the file that names them; on the command
+    line, against the folder pytest was started in."""
     settings = Settings()
-    pyproject = rootdir / "pyproject.toml"
-    settings = apply_table(settings, read_toml_table(pyproject, required=False), str(pyproject))
+    settings = apply_table(settings, read_toml_table(pyproject, required=False), str(pyproject), pyproject.parent)
     if config_file:
-        path = Path(config_file)
-        settings = apply_table(settings, read_toml_table(path, required=True), str(path))
+        path = invocation_dir / config_file
+        settings = apply_table(settings, read_toml_table(path, required=True), str(config_file), path.parent)
     given = {k: v for k, v in cli.items() if v is not None}
     if given:
-        settings = apply_table(settings, given, "command line")
+        settings = apply_table(settings, given, "command line", invocation_dir)
     return settings
 
 
@@ -409,7 +453,18 @@ def validate_names(settings: Settings) -> None:
         get_patch(patch)
     metric_names = metric_names_for(settings.ks)
     if settings.primary_metric not in metric_names:
-        raise ConfigError(f"primary_metric {settings.primary_metric!r} is not measured; choose one of {', '.join(metric_names)}")
+        raise ConfigError(
+            f"primary_metric {settings.primary_metric!r} is not measured with k = {list(settings.ks)} "
+            f"(--medrobust-k); choose one of {', '.join(metric_names)}"
+        )
+    for rule in settings.thresholds.rules:
+        if "*" not in rule.metric and "?" not in rule.metric and rule.metric not in metric_names:
+            raise ConfigError(
+                f"thresholds: {rule.metric!r} is not measured with k = {list(settings.ks)} (--medrobust-k); "
+                f"measured: {', '.join(metric_names)}"
+            )
+    if settings.thresholds.gate == "lower" and settings.bootstrap.resamples == 0:
+        raise ConfigError("thresholds.gate = 'lower' needs bootstrap intervals; --medrobust-bootstrap is 0")
     if settings.device.startswith("cuda"):
         import torch
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -21,32 +22,36 @@ if TYPE_CHECKING:
     from .runner import Cell, GridRunner, Measurement
     from .thresholds import Verdict
 
-GRID_NAME = "medrobust"
-
-
 class GateFailure(AssertionError):
     """A cell's metrics do not meet its thresholds; the message lists every failed limit."""
 
 
 class MedrobustGrid(pytest.Collector):
-    """The virtual module that holds the grid (node id ``medrobust``)."""
+    """The virtual module that holds the grid (node id ``medrobust``), one collector per model."""
+
+    def collect(self) -> Iterator[pytest.Collector]:
+        settings: Settings = self.config.stash[SETTINGS_KEY]
+        for spec in settings.models:
+            yield ModelCells.from_parent(self, name=spec.name, nodeid=f"{self.nodeid}::{spec.name}")
+
+
+class ModelCells(pytest.Collector):
+    """Every cell of one model (node id ``medrobust::<model>``): under xdist's ``loadscope``
+    they run on one worker, which loads the model once."""
 
     def collect(self) -> Iterator[pytest.Item]:
         from .runner import Cell
 
         settings: Settings = self.config.stash[SETTINGS_KEY]
-        for spec in settings.models:
-            for patch in settings.patches:
-                for level in settings.levels:
-                    cell = Cell(spec.name, patch, level)
-                    yield RecallCell.from_parent(self, name=f"test_recall[{cell.id}]", cell=cell)
+        cells = [Cell(self.name, patch, level) for patch in settings.patches for level in settings.levels]
         if settings.search.enabled:
             levels = settings.search.levels or tuple(lv for lv in settings.levels if lv > 0)
-            for spec in settings.models:
-                for patch in settings.patches:
-                    for level in levels:
-                        cell = Cell(spec.name, patch, level, kind="search")
-                        yield WorstPlacementCell.from_parent(self, name=f"test_worst_placement[{cell.id}]", cell=cell)
+            cells += [Cell(self.name, patch, level, kind="search") for patch in settings.patches for level in levels]
+        for cell in cells:
+            kind = RecallCell if cell.kind == "grid" else WorstPlacementCell
+            name = f"{kind.test_name}[{cell.id}]"
+            # An explicit node id: pytest re-parses cached ids for --lf, and must find the same one.
+            yield kind.from_parent(self, name=name, nodeid=f"{self.nodeid}::{name}", cell=cell)
 
 
 class CellItem(pytest.Item):
@@ -54,8 +59,6 @@ class CellItem(pytest.Item):
         super().__init__(**kwargs)
         self.cell = cell
         self.record: dict[str, Any] | None = None
-        # One worker per model under `--dist loadgroup`, so each worker loads a model once.
-        self.add_marker(pytest.mark.xdist_group(cell.model))
         self.add_marker(pytest.mark.medrobust)
 
     @property
@@ -69,9 +72,12 @@ class CellItem(pytest.Item):
     def setup(self) -> None:
         try:
             self.runner.prepare(self.cell.model)
+            return
         except MedrobustError as exc:
-            # A setup failure is reported as an error; pytrace=False shows just the message.
-            pytest.fail(str(exc), pytrace=False)
+            message = str(exc)
+        # A setup failure is reported as an error; outside the except block and with
+        # pytrace=False it shows just the message, once.
+        pytest.fail(message, pytrace=False)
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
         return self.path, None, f"medrobust {self.cell.kind} cell {self.cell.id}"
@@ -115,7 +121,10 @@ class CellItem(pytest.Item):
         record.update(passed=passed, outcome="passed" if passed else "failed", error=None)
         record["model_card"] = runner.model_card(self.cell.model)
         record["dataset"] = runner.dataset().card()
-        self.record = record
+        record["device"] = runner.device_name
+        # Plain JSON values only (a user's card() may hold paths or numpy numbers): the record
+        # travels to the xdist controller and into the results JSON.
+        self.record = json.loads(json.dumps(record, default=str))
         for name, value in measurement.metrics.items():
             self.user_properties.append((f"medrobust.{name}", f"{value:.6f}"))
         self.user_properties.append(("medrobust.passed", str(passed).lower()))
@@ -126,6 +135,8 @@ class CellItem(pytest.Item):
 class RecallCell(CellItem):
     """Recall@k of one model with every image occluded by the seeded placement of one cell."""
 
+    test_name = "test_recall"
+
     def runtest(self) -> None:
         measurement = self.runner.measure(self.cell.model, self.cell.patch, self.cell.level)
         self.finish(measurement, self.judge(measurement))
@@ -134,10 +145,12 @@ class RecallCell(CellItem):
 class WorstPlacementCell(CellItem):
     """Hypothesis searches the placement policies of one cell for one that breaks the gate."""
 
+    test_name = "test_worst_placement"
+
     def runtest(self) -> None:
         from .search import search_worst_placement
 
-        outcome = search_worst_placement(self.runner, self.cell, self.judge, item_name=self.name)
+        outcome = search_worst_placement(self.runner, self.cell, self.judge)
         extra: dict[str, Any] = {"search": outcome.to_json()}
         if outcome.picture is not None:
             extra["search"]["picture_png_base64"] = base64.b64encode(outcome.picture).decode()
@@ -146,7 +159,7 @@ class WorstPlacementCell(CellItem):
         except GateFailure as failure:
             raise GateFailure(
                 f"{failure}\nminimal failing placement: {outcome.policy.describe()} "
-                f"({outcome.evaluations} placements evaluated)\nreplay:\n{outcome.replay}"
+                f"(placements evaluated: {outcome.evaluations})\nreplay:\n{outcome.replay}"
             ) from None
 
 
@@ -162,6 +175,10 @@ def error_record(item: CellItem, report: pytest.TestReport) -> dict[str, Any]:
         "outcome": "error",
         "error": message,
         "search": None,
+        "intervals": {},
+        "cached": False,
+        "duration_s": None,
+        "device": item.runner.device_name,
     }
 
 

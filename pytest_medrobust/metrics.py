@@ -80,7 +80,8 @@ def compute_ranks(
         scores = images[start:stop] @ texts.T  # (c, U)
         rows = torch.arange(stop - start, device=device)
         true = scores[rows, owner[start:stop]].unsqueeze(1)
-        ahead = scores >= true  # includes the true report itself
+        # includes the true report itself; a NaN true score counts every candidate as ahead
+        ahead = (scores >= true) | true.isnan()
         i2t_unique[start:stop] = ahead.sum(dim=1)
         # Paired protocol: the true report is one of the N candidates, and every other
         # candidate with a score >= the true one ranks ahead; a duplicate of the true string
@@ -98,7 +99,7 @@ def compute_ranks(
             q = queries[q0 : q0 + step]
             rows = scores[owner[q] - start]  # (q, N)
             true = rows[torch.arange(q.numel(), device=device), q].unsqueeze(1)
-            t2i[q] = (rows >= true).sum(dim=1)
+            t2i[q] = ((rows >= true) | true.isnan()).sum(dim=1)
     return Ranks(i2t=i2t.cpu(), t2i=t2i.cpu(), i2t_unique=i2t_unique.cpu())
 
 

@@ -17,6 +17,8 @@ import pytest
 from .errors import MedrobustError
 from .items import RUNNER_KEY, SETTINGS_KEY, CellItem, MedrobustGrid, error_record
 
+GRID_NODEID = "medrobust"
+
 # option dest -> key of the [tool.medrobust] table
 _CLI_KEYS = {
     "medrobust_models": "models",
@@ -103,15 +105,20 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.medrobust = True
     if not config.getoption("medrobust", default=False):
         return
-    if getattr(config.option, "dist", None) == "load":
-        # Send every cell of a model to one worker (cells carry xdist_group(model)), so each
-        # worker loads one model once; tests without a group are spread as with "load".
-        config.option.dist = "loadgroup"
+    if getattr(config.option, "dist", None) == "load" and not _dist_given(config):
+        # Send every cell of a model (one collector per model) to one worker, which then loads
+        # that model once. Other tests are grouped by module, as loadscope does.
+        config.option.dist = "loadscope"
     try:
         settings = _settings(config)
     except MedrobustError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.pluginmanager.register(GatePlugin(config, settings), "medrobust-gate")
+
+
+def _dist_given(config: pytest.Config) -> bool:
+    """Whether the user chose --dist explicitly (then it is kept as given)."""
+    return any(a == "--dist" or a.startswith("--dist=") or a == "--distload" for a in config.invocation_params.args)
 
 
 def _settings(config: pytest.Config) -> Any:
@@ -135,7 +142,9 @@ def _settings(config: pytest.Config) -> Any:
         if config.getoption(dest) is not None
     }
     cli["baseline"] = baseline or None
-    settings = build_settings(config.rootpath, config.getoption("medrobust_config"), cli)
+    inipath = config.inipath
+    pyproject = inipath if inipath is not None and inipath.name == "pyproject.toml" else config.rootpath / "pyproject.toml"
+    settings = build_settings(pyproject, config.getoption("medrobust_config"), cli, config.invocation_params.dir)
     if dataset_cli:
         if dataset_cli.get("limit", 1) < 1:
             raise MedrobustError(f"--medrobust-limit must be >= 1, got {dataset_cli['limit']}")
@@ -182,6 +191,7 @@ class GatePlugin:
         self.settings = settings
         self.is_worker = hasattr(config, "workerinput")
         self.records: list[dict[str, Any]] = []
+        self.expected: set[str] = set()  # node ids of the cells selected to run
         self.results: dict[str, Any] | None = None
         self.written: list[Path] = []
         config.stash[SETTINGS_KEY] = settings
@@ -202,7 +212,7 @@ class GatePlugin:
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection_modifyitems(self, session: pytest.Session, items: list[pytest.Item]) -> None:
         # tryfirst: the grid must be in `items` before -k / -m deselection and xdist see them.
-        grid = MedrobustGrid.from_parent(session, name="medrobust", nodeid="medrobust")
+        grid = MedrobustGrid.from_parent(session, name=GRID_NODEID, nodeid=GRID_NODEID)
         cells = list(session.genitems(grid))
         if self.settings.shard is not None:
             from .items import in_shard
@@ -213,14 +223,26 @@ class GatePlugin:
             cells = kept
         items.extend(cells)
 
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        # After -k / -m / --lf / shard deselection: what this run is expected to measure.
+        self.expected = {item.nodeid for item in session.items if isinstance(item, CellItem)}
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        # Under xdist the controller collects nothing itself; every worker reports the same ids.
+        self.expected = {i for i in ids if i.startswith(GRID_NODEID + "::")}
+
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]):
         report = yield
         if isinstance(item, CellItem):
+            record = None
             if call.when == "call" and item.record is not None:
-                report.medrobust = item.record
+                record = item.record
             elif call.when in ("setup", "call") and report.failed:
-                report.medrobust = error_record(item, report)
+                record = error_record(item, report)
+            if record is not None:
+                report.medrobust = {**record, "nodeid": item.nodeid}
         return report
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -229,16 +251,18 @@ class GatePlugin:
         if record is not None:
             self.records.append(record)
 
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if self.is_worker:
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.is_worker or self.config.option.collectonly:
             return
         from .reporting.outputs import write_reports
 
-        device = str(session.config.stash[RUNNER_KEY].device_name)
-        self.results, self.written = write_reports(self.settings, self.records, device)
+        interrupted = exitstatus == pytest.ExitCode.INTERRUPTED or session.shouldstop
+        self.results, self.written = write_reports(
+            self.settings, self.records, expected=self.expected, interrupted=bool(interrupted)
+        )
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.is_worker or not self.results or not self.results["cells"]:
+        if self.is_worker or not self.results or not (self.results["cells"] or self.results["summary"]["missing"]):
             return
         from .reporting.terminal import summary_lines
 
@@ -247,3 +271,7 @@ class GatePlugin:
             terminalreporter.write_line(line)
         for path in self.written:
             terminalreporter.write_line(f"wrote {path}")
+        if self.settings.baseline.save_path is not None and self.results["summary"]["verdict"] == "incomplete":
+            terminalreporter.write_line(
+                f"baseline NOT saved to {self.settings.baseline.save_path}: the run is incomplete", red=True
+            )

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from . import occlusion
+from . import __version__
 from .cache import EmbeddingCache, cache_key, tensor_fingerprint
 from .config import Settings
 from .datasets import Dataset, decode_dataset, load_dataset, to_batch
@@ -37,7 +38,9 @@ class Cell:
 
     @property
     def id(self) -> str:
-        return f"{self.model}-{self.patch}-{self.level:.2f}"
+        # Two decimals as in "0.30"; more where the level has them, so ids never collide.
+        level = f"{self.level:.2f}" if round(self.level, 2) == self.level else f"{self.level:g}"
+        return f"{self.model}-{self.patch}-{level}"
 
 
 @dataclass
@@ -62,6 +65,18 @@ def resolve_device(name: str, worker: str | None = None) -> torch.device:
         index = int(worker[2:]) % torch.cuda.device_count() if worker and worker[2:].isdigit() else 0
         return torch.device("cuda", index)
     return torch.device(name)
+
+
+def _check_finite(model: str, side: str, embeddings: torch.Tensor, names: Sequence[str], label: str) -> None:
+    """NaN or inf would rank as a perfect match (every comparison with NaN is false): refuse."""
+    bad = ~torch.isfinite(embeddings).all(dim=1)
+    if bool(bad.any()):
+        first = names[int(torch.nonzero(bad)[0])]
+        where = f" ({label})" if label else ""
+        raise MedrobustError(
+            f"model {model!r} returned non-finite {side} embeddings for {int(bad.sum())} of {len(names)} "
+            f"inputs{where}, the first for {first!r}; with --medrobust-precision fp16 try bf16 or fp32"
+        )
 
 
 def _share_cpu_threads(device: torch.device) -> None:
@@ -116,7 +131,16 @@ class GridRunner:
         if self._device is None:
             self._device = resolve_device(self.settings.device, os.environ.get("PYTEST_XDIST_WORKER"))
             _share_cpu_threads(self._device)
+            self._pin_numerics()
         return self._device
+
+    def _pin_numerics(self) -> None:
+        """fp32 on CUDA means fp32 (no TF32) and deterministic kernels, so reruns agree."""
+        if self._device is not None and self._device.type == "cuda" and self.autocast is None:
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
 
     @property
     def autocast(self) -> torch.dtype | None:
@@ -176,10 +200,15 @@ class GridRunner:
     def _cached(self, name: str, what: dict[str, Any], compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         fingerprint = self.fingerprint(name) if self.cache.enabled else None
         if fingerprint is None:
+            self.cache.last_hit = False
             return compute()
         fields = {
             "model": fingerprint,
             "dataset": self.dataset().sha256,
+            # Code and numerics that shape an embedding beyond the weights and the data.
+            "pytest_medrobust": __version__,
+            "torch": torch.__version__,
+            "device": self.device.type,
             "autocast": str(self.autocast),
             "batch_size": self.settings.batch_size,
             **what,
@@ -252,7 +281,10 @@ class GridRunner:
                 progress.update(stop)
             return torch.cat(out)
 
-        return compute() if label is None else self._cached(name, {"kind": "image", "occlusion": label}, compute)
+        if label.startswith("policy=") and not self.settings.search.cache_policies:
+            self.cache.last_hit = False
+            return compute()
+        return self._cached(name, {"kind": "image", "occlusion": label}, compute)
 
     def measure_with(self, name: str, occluder: Occluder, label: str) -> Measurement:
         """Metrics with every image occluded by ``occluder``; ``label`` names the occlusion
@@ -261,6 +293,8 @@ class GridRunner:
         texts, index = self.text_embeddings(name)
         images = self.image_embeddings(name, occluder, label)
         cached = self.cache.last_hit
+        _check_finite(name, "image", images, self.dataset().ids, label)
+        _check_finite(name, "text", texts, unique_texts(self.dataset().reports)[0], "")
         ranks = compute_ranks(images.to(self.device), texts, index)
         metrics = summarize(ranks, self.settings.ks)
         return Measurement(metrics, ranks, len(index), time.perf_counter() - started, cached=cached)
@@ -290,8 +324,13 @@ class GridRunner:
         return self.measure(name, "", 0.0)
 
     def cache_root_clear(self) -> None:
-        """Empty the whole cache folder (embeddings, decoded images, file hashes)."""
-        EmbeddingCache(self.settings.cache_dir).clear()
+        """Remove what the cache folder holds of ours: embeddings, decoded images and file
+        hashes. Other files in the folder (it may be one the user pointed at) are left alone."""
+        import shutil
+
+        self.cache.clear()
+        for sub in ("decoded", "file-sha256"):
+            shutil.rmtree(self.settings.cache_dir / sub, ignore_errors=True)
 
     def chance(self, metrics: Sequence[str]) -> dict[str, float]:
         """Each recall's chance level on this dataset (what random ranking scores)."""

@@ -15,8 +15,9 @@ Flaky error. Evaluations are memoised by policy, so shrinking re-visits cost not
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -43,7 +44,6 @@ class SearchOutcome:
     evaluations: int
     replay: str
     picture: bytes | None = None
-    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -58,7 +58,7 @@ class SearchOutcome:
 
 
 def search_worst_placement(
-    runner: GridRunner, cell: Cell, judge: Callable[[Measurement], Verdict], *, item_name: str = ""
+    runner: GridRunner, cell: Cell, judge: Callable[[Measurement], Verdict]
 ) -> SearchOutcome:
     from hypothesis import given, target
 
@@ -105,15 +105,31 @@ def search_worst_placement(
     failed = state["failure"] is not None
     policy, measurement, verdict = state["failure"] if failed else state["worst"]
     replay = (
-        f"pytest --medrobust -k '{item_name}' --medrobust-seed {seed}"
-        if item_name
-        else f"--medrobust-seed {seed}"
+        " ".join(
+            ["pytest --medrobust-only"]
+            + [f"--medrobust-{opt}={shlex.quote(str(val))}" for opt, val in _replay_options(settings, cell)]
+            + ["-k", "worst_placement"]
+        )
+        + "\n"
+        + policy.replay(seed=seed, patch=cell.patch, level=cell.level)
     )
-    replay += "\n" + policy.replay(seed=seed, patch=cell.patch, level=cell.level)
     outcome = SearchOutcome(policy, measurement, verdict, failed, metric, len(memo), replay)
     if failed:
         outcome.picture = _picture(runner, cell, policy)
     return outcome
+
+
+def _replay_options(settings: Any, cell: Cell) -> list[tuple[str, Any]]:
+    """Options that select exactly this search cell, on top of the run's own configuration."""
+    options: list[tuple[str, Any]] = [
+        ("models", cell.model),
+        ("patches", cell.patch),
+        ("levels", cell.level),
+        ("seed", settings.seed),
+    ]
+    if settings.dataset:
+        options.append(("dataset", settings.dataset))
+    return options
 
 
 def _worse(a: float, b: float, metric: str) -> bool:

@@ -29,6 +29,7 @@ Top-level ``min``/``max``/``retention`` tables replace the built-in defaults of 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -202,8 +203,8 @@ class Thresholds:
 
 
 def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
     if value < 0:
         raise ConfigError(f"{where}: must be >= 0, got {value}")
     return float(value)

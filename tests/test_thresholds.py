@@ -94,7 +94,7 @@ def test_threshold_for_an_unmeasured_metric_fails_loudly():
     "table, message",
     [
         ({"gate": "mean"}, "cfg.gate must be one of point, lower"),
-        ({"min": {"i2t_R@5": "high"}}, "cfg.min.i2t_R@5: expected a number"),
+        ({"min": {"i2t_R@5": "high"}}, "cfg.min.i2t_R@5: expected a finite number"),
         ({"rules": [{"metric": "i2t_R@5"}]}, "cfg.rules[0]: a rule needs at least one of"),
         ({"rules": [{"min": 0.1}]}, "cfg.rules[0]: a rule needs a 'metric'"),
         ({"minimum": {}}, "cfg: unknown key(s) minimum"),

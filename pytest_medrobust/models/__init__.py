@@ -114,12 +114,19 @@ def load_model(spec: ModelSpec, device: torch.device) -> RetrievalModel:
     return model
 
 
+def _shown_option(key: str, value: Any) -> Any:
+    """Options as the results JSON shows them: secrets (tokens, keys, passwords) redacted."""
+    if any(word in key.lower() for word in ("token", "secret", "password", "api_key", "apikey")):
+        return "***"
+    return value if isinstance(value, (bool, int, float, str)) or value is None else str(value)
+
+
 def model_card(model: RetrievalModel, spec: ModelSpec) -> dict[str, Any]:
     """What the results JSON says about a model; adapters add fields through ``card()``."""
     card: dict[str, Any] = {
         "name": spec.name,
         "factory": spec.factory or BUILTIN_FACTORIES.get(spec.name) or _entry_point_factories().get(spec.name),
-        "options": {k: str(v) for k, v in spec.options.items()},
+        "options": {k: _shown_option(k, v) for k, v in spec.options.items()},
         "class": f"{type(model).__module__}.{type(model).__qualname__}",
         "input_size": list(model.input_size),
         "geometry": model.geometry,

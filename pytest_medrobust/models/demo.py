@@ -40,7 +40,7 @@ class DemoConfig:
     embed_dim: int = 128
 
 
-def text_features(text: str, buckets: int) -> list[int]:
+def hashed_ngrams(text: str, buckets: int) -> list[int]:
     """Hashed word unigrams and bigrams; crc32 so the buckets are the same in every process."""
     words = _WORD.findall(text.lower())
     grams = words + [f"{a} {b}" for a, b in zip(words, words[1:])]
@@ -85,7 +85,7 @@ class DemoDualEncoder(nn.Module):
         ids, offsets = [], []
         for t in texts:
             offsets.append(len(ids))
-            ids.extend(text_features(t, self.config.hash_buckets))
+            ids.extend(hashed_ngrams(t, self.config.hash_buckets))
         ids_t = torch.tensor(ids, dtype=torch.long, device=self.device)
         off_t = torch.tensor(offsets, dtype=torch.long, device=self.device)
         return self.text_mlp(self.text_bag(ids_t, off_t))

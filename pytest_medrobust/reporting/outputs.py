@@ -8,7 +8,7 @@ asked, the baseline file. Each file is written atomically.
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +37,27 @@ def _pictures(records: Sequence[dict[str, Any]], directory: Path) -> tuple[list[
     return out, pictures
 
 
-def write_reports(settings: Any, records: Sequence[dict[str, Any]], device: str) -> tuple[dict[str, Any], list[Path]]:
-    """Build the results from the cell records and write the report files; returns both."""
+def write_reports(
+    settings: Any,
+    records: Sequence[dict[str, Any]],
+    *,
+    expected: Iterable[str] | None = None,
+    interrupted: bool = False,
+) -> tuple[dict[str, Any], list[Path]]:
+    """Build the results from the cell records and write the report files; returns both.
+
+    ``expected``: node ids of the cells selected to run; any without a record (a crashed
+    worker, an interrupted run) makes the verdict "incomplete", never "pass"."""
     from .html import render_html
     from .markdown import render_markdown
 
     directory = Path(settings.report_dir)
     records, pictures = _pictures(records, directory)
-    results = build_results(seed=settings.seed, config=settings.to_json(), records=records, device=device)
+    results = build_results(
+        seed=settings.seed, config=settings.to_json(), records=records, expected=expected, interrupted=interrupted
+    )
     written: list[Path] = []
-    if not results["cells"]:
+    if not results["cells"] and not results["summary"]["missing"]:
         return results, written
     write_results(results, directory / RESULTS_FILE)
     written.append(directory / RESULTS_FILE)
@@ -54,7 +65,7 @@ def write_reports(settings: Any, records: Sequence[dict[str, Any]], device: str)
     written.append(directory / HTML_FILE)
     atomic_write(directory / MARKDOWN_FILE, render_markdown(results))
     written.append(directory / MARKDOWN_FILE)
-    if settings.baseline.save_path is not None:
+    if settings.baseline.save_path is not None and results["summary"]["verdict"] != "incomplete":
         from .baseline import save_baseline
 
         written.append(save_baseline(results, settings.baseline.save_path))

@@ -45,10 +45,15 @@ def build_results(
     seed: int,
     config: Mapping[str, Any],
     records: Iterable[Mapping[str, Any]],
-    device: str | None,
+    expected: Iterable[str] | None = None,
+    interrupted: bool = False,
 ) -> dict[str, Any]:
-    """Assemble the results from the per-cell records the items produced (on any worker)."""
+    """Assemble the results from the per-cell records the items produced (on any worker).
+
+    The verdict is "pass" only when every expected cell has a record and passed; a cell that
+    never reported (crashed worker, interrupted run) makes it "incomplete"."""
     records = list(records)
+    devices = sorted({str(r["device"]) for r in records if r.get("device")})
     dataset: dict[str, Any] = {}
     models: dict[str, Any] = {}
     cells = []
@@ -71,13 +76,20 @@ def build_results(
         "failed": outcomes.count("failed"),
         "errors": outcomes.count("error"),
     }
-    summary["verdict"] = "pass" if cells and summary["passed"] == len(cells) else "fail"
+    recorded = {c.get("nodeid") for c in cells}
+    missing = sorted(set(expected or ()) - recorded)
+    summary["missing"] = missing
+    summary["complete"] = not missing and not interrupted
+    if not summary["complete"]:
+        summary["verdict"] = "incomplete"
+    else:
+        summary["verdict"] = "pass" if cells and summary["passed"] == len(cells) else "fail"
     return {
         "schema": SCHEMA,
         "tool": {"name": "pytest-medrobust", "version": __version__},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seed": seed,
-        "environment": environment(device),
+        "environment": environment(", ".join(devices) or None),
         "config": dict(config),
         "dataset": dataset,
         "models": models,
@@ -94,6 +106,7 @@ def atomic_write(path: Path, data: str | bytes) -> None:
     try:
         with os.fdopen(fd, mode) as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports are for everyone who reads the folder
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -48,6 +48,11 @@ def summary_lines(results: Mapping[str, Any], metric: str) -> list[str]:
             shown = f" {metric} = {value:.3f}" if isinstance(value, float) else ""
             lines.append(f"  {c['id']} {_mark(c)}{shown}: {found}")
     summary = results["summary"]
+    missing = summary.get("missing") or []
+    if missing:
+        lines.append("")
+        lines.append(f"{len(missing)} selected cell(s) never reported (a crashed worker or an interrupted run):")
+        lines += [f"  - {nodeid}" for nodeid in missing[:20]]
     lines.append("")
     lines.append(
         f"gate {summary['verdict'].upper()}: {summary['passed']} passed, {summary['failed']} failed, "

@@ -27,12 +27,12 @@ def test_item_ids_follow_models_patches_levels(project):
     result = project.runpytest("--medrobust", "--collect-only", "-q")
     ids = [line for line in result.stdout.lines if line.startswith("medrobust::")]
     assert ids == [
-        "medrobust::test_recall[oracle-black_box-0.00]",
-        "medrobust::test_recall[oracle-black_box-0.10]",
-        "medrobust::test_recall[oracle-black_box-0.50]",
-        "medrobust::test_recall[constant-black_box-0.00]",
-        "medrobust::test_recall[constant-black_box-0.10]",
-        "medrobust::test_recall[constant-black_box-0.50]",
+        "medrobust::oracle::test_recall[oracle-black_box-0.00]",
+        "medrobust::oracle::test_recall[oracle-black_box-0.10]",
+        "medrobust::oracle::test_recall[oracle-black_box-0.50]",
+        "medrobust::constant::test_recall[constant-black_box-0.00]",
+        "medrobust::constant::test_recall[constant-black_box-0.10]",
+        "medrobust::constant::test_recall[constant-black_box-0.50]",
     ]
 
 
@@ -40,12 +40,15 @@ def test_command_line_overrides_config_file_overrides_pyproject(project):
     project.makefile(".toml", gate="levels = [0.2]\nmodels = ['oracle']\n")
     result = project.runpytest("--medrobust", "--collect-only", "-q", "--medrobust-config", "gate.toml")
     ids = [line for line in result.stdout.lines if line.startswith("medrobust::")]
-    assert ids == ["medrobust::test_recall[oracle-black_box-0.00]", "medrobust::test_recall[oracle-black_box-0.20]"]
+    assert ids == [
+        "medrobust::oracle::test_recall[oracle-black_box-0.00]",
+        "medrobust::oracle::test_recall[oracle-black_box-0.20]",
+    ]
     result = project.runpytest(
         "--medrobust", "--collect-only", "-q", "--medrobust-config", "gate.toml", "--medrobust-levels", "0.3,0.4"
     )
     ids = [line for line in result.stdout.lines if line.startswith("medrobust::")]
-    assert ids[-1] == "medrobust::test_recall[oracle-black_box-0.40]" and len(ids) == 3
+    assert ids[-1] == "medrobust::oracle::test_recall[oracle-black_box-0.40]" and len(ids) == 3
 
 
 def test_oracle_passes_clean_and_fails_heavy_occlusion_with_a_clear_message(project):
@@ -243,4 +246,69 @@ def test_medrobust_only_collects_the_grid_and_nothing_else(project):
     assert "test_other.py::test_other" in both.stdout.str()
     only = project.runpytest("--medrobust-only", "--collect-only", "-q")
     assert "test_other" not in only.stdout.str()
-    assert "medrobust::test_recall[oracle-black_box-0.00]" in only.stdout.str()
+    assert "medrobust::oracle::test_recall[oracle-black_box-0.00]" in only.stdout.str()
+
+
+def test_last_failed_reruns_exactly_the_failed_cells(project):
+    project.runpytest("--medrobust", "--medrobust-models", "oracle")
+    rerun = project.runpytest("--medrobust", "--medrobust-models", "oracle", "--lf")
+    rerun.assert_outcomes(failed=1)
+
+
+def test_a_model_with_nan_embeddings_errors_instead_of_scoring_perfectly(project):
+    project.makepyfile(
+        nanmodel="""
+        import torch
+        from fakemodels import Oracle
+
+        class NaNModel(Oracle):
+            def encode_images(self, x):
+                return torch.full((x.shape[0], 8), float("nan"))
+
+        def make(device, **options):
+            return NaNModel(device)
+        """
+    )
+    project.makefile(".toml", gate="models = [{name = 'nan', factory = 'nanmodel:make'}]\nlevels = [0.0]\n")
+    result = project.runpytest("--medrobust", "--medrobust-config", "gate.toml")
+    result.assert_outcomes(failed=1)
+    assert "model 'nan' returned non-finite image embeddings for 24 of 24 inputs" in result.stdout.str()
+
+
+def test_a_crashed_cell_makes_the_verdict_incomplete_never_pass(project):
+    pytest.importorskip("xdist")
+    project.makepyfile(
+        crashmodel="""
+        import os
+        from fakemodels import Oracle
+
+        class Crash(Oracle):
+            def encode_images(self, x):
+                os._exit(1)  # as an out-of-memory kill would
+
+        def make(device, **options):
+            return Crash(device)
+        """
+    )
+    project.makefile(
+        ".toml", gate="models = [{name = 'crash', factory = 'crashmodel:make'}]\nlevels = [0.0]\nthresholds = {above_chance = {}, retention = {}}\n"
+    )
+    project.runpytest("--medrobust", "--medrobust-config", "gate.toml", "-n", "1")
+    results = read_results(project)
+    assert results["summary"]["verdict"] == "incomplete"
+    assert results["summary"]["missing"] == ["medrobust::crash::test_recall[crash-black_box-0.00]"]
+
+
+def test_nan_threshold_is_a_usage_error(project):
+    project.makefile(".toml", gate="[thresholds]\nmin = {'i2t_R@1' = nan}\n")
+    result = project.runpytest("--medrobust", "--medrobust-config", "gate.toml")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "expected a finite number" in result.stderr.str()
+
+
+def test_cache_clear_removes_only_its_own_files(project):
+    keep = project.path / "mine" / "notes.txt"
+    keep.parent.mkdir()
+    keep.write_text("precious")
+    project.runpytest("--medrobust", "--medrobust-models", "oracle", "--medrobust-cache-dir=mine", "--medrobust-cache-clear", "--co")
+    assert keep.read_text() == "precious"
