@@ -3,6 +3,7 @@
 import csv
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -72,5 +73,15 @@ def test_default_grid_end_to_end(pytester):
     assert grid[("demo-occaug", 0.5)] > grid[("demo-plain", 0.5)]
     for name in ("medrobust.html", "medrobust.md"):
         assert (pytester.path / "reports" / name).is_file()
+    # The HTML shows the JSON's numbers: every grid cell's primary metric, exactly.
+    html = (pytester.path / "reports" / "medrobust.html").read_text()
+    shown = set()
+    for value in re.findall(r'data-value="([^"]+)"', html):
+        try:
+            shown.add(float(value))
+        except ValueError:
+            pass
+    for cell in results["cells"]:
+        assert cell["metrics"]["i2t_unique_R@5"] in shown, cell["id"]
     assert (pytester.path / "junit.xml").is_file()
     assert "gate " in result.stdout.str()

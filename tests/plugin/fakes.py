@@ -62,6 +62,18 @@ def tiny(device, seed=0, size=32, **options):
     return DemoDualEncoder(config, name="tiny").eval().to(device)
 
 
+class Degraded(Oracle):
+    """The oracle with every third image pointing at the wrong slot: a worse model version."""
+
+    def encode_images(self, x):
+        e = super().encode_images(x)
+        return torch.roll(e, 1, dims=1) * (torch.arange(len(e))[:, None] % 3 == 0) + e * (torch.arange(len(e))[:, None] % 3 != 0)
+
+
+def degraded(device, **options):
+    return Degraded(device)
+
+
 def broken(device, **options):
     raise RuntimeError("weights file /nowhere/model.safetensors not found")
 '''.replace("{WORDS!r}", repr(SLOT_WORDS))

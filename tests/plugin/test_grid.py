@@ -312,3 +312,31 @@ def test_cache_clear_removes_only_its_own_files(project):
     keep.write_text("precious")
     project.runpytest("--medrobust", "--medrobust-models", "oracle", "--medrobust-cache-dir=mine", "--medrobust-cache-clear", "--co")
     assert keep.read_text() == "precious"
+
+
+def test_baseline_gate_fails_a_degraded_model_and_passes_the_same_model(project):
+    args = ("--medrobust", "--medrobust-models", "oracle", "--medrobust-levels", "0")
+    project.runpytest(*args, "--medrobust-save-baseline", "baseline.json").assert_outcomes(passed=1)
+    project.runpytest(*args, "--medrobust-baseline", "baseline.json").assert_outcomes(passed=1)
+    project.makefile(".toml", gate="models = [{name = 'oracle', factory = 'fakemodels:degraded'}]\n")
+    worse = project.runpytest(*args, "--medrobust-config", "gate.toml", "--medrobust-baseline", "baseline.json")
+    worse.assert_outcomes(failed=1)
+    assert "oracle-black_box-0.00: i2t_unique_R@1 fell from 1.000 (baseline) to " in worse.stdout.str()
+
+
+def test_baseline_of_another_dataset_is_an_error_unless_allowed(project):
+    args = ("--medrobust", "--medrobust-models", "oracle", "--medrobust-levels", "0")
+    project.runpytest(*args, "--medrobust-save-baseline", "baseline.json")
+    write_dataset(project.path, n=16)
+    result = project.runpytest(*args, "--medrobust-baseline", "baseline.json")
+    result.assert_outcomes(errors=1)
+    assert "dataset" in result.stdout.str() and "fingerprint" in result.stdout.str()
+    allowed = project.runpytest(*args, "--medrobust-baseline", "baseline.json", "--medrobust-allow-baseline-mismatch")
+    assert allowed.parseoutcomes().get("errors", 0) == 0
+
+
+def test_corrupt_baseline_is_a_usage_error(project):
+    (project.path / "baseline.json").write_text("{not json")
+    result = project.runpytest("--medrobust", "--medrobust-baseline", "baseline.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "baseline.json" in result.stderr.str()
