@@ -451,7 +451,9 @@ def validate_names(settings: Settings) -> None:
         check_known(spec)
     for patch in settings.patches:
         get_patch(patch)
-    metric_names = metric_names_for(settings.ks)
+    from .metrics import metric_names
+
+    metric_names = metric_names(settings.ks)
     if settings.primary_metric not in metric_names:
         raise ConfigError(
             f"primary_metric {settings.primary_metric!r} is not measured with k = {list(settings.ks)} "
@@ -470,10 +472,3 @@ def validate_names(settings: Settings) -> None:
 
         if not torch.cuda.is_available():
             raise ConfigError(f"--medrobust-device {settings.device}: CUDA is not available on this machine")
-
-
-def metric_names_for(ks: tuple[int, ...]) -> list[str]:
-    names = []
-    for direction in ("i2t", "t2i", "i2t_unique"):
-        names += [f"{direction}_R@{k}" for k in ks] + [f"{direction}_mean_rank", f"{direction}_median_rank"]
-    return names

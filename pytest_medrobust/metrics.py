@@ -103,10 +103,21 @@ def compute_ranks(
     return Ranks(i2t=i2t.cpu(), t2i=t2i.cpu(), i2t_unique=i2t_unique.cpu())
 
 
+DIRECTIONS = ("i2t", "t2i", "i2t_unique")
+
+
+def metric_names(ks: Sequence[int] = DEFAULT_KS) -> list[str]:
+    """The names :func:`summarize` returns, in its order."""
+    names = []
+    for direction in DIRECTIONS:
+        names += [f"{direction}_R@{k}" for k in ks] + [f"{direction}_mean_rank", f"{direction}_median_rank"]
+    return names
+
+
 def summarize(ranks: Ranks, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
     """Recall@k (fractions in [0, 1]) and mean/median rank from :func:`compute_ranks`."""
     out: dict[str, float] = {}
-    for direction in ("i2t", "t2i", "i2t_unique"):
+    for direction in DIRECTIONS:
         r = getattr(ranks, direction).double()
         for k in ks:
             out[f"{direction}_R@{k}"] = float((r <= k).double().mean())

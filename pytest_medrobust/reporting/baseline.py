@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..thresholds import lower_is_better
 
 __all__ = [
     "BASELINE_SCHEMA",
@@ -201,10 +202,6 @@ def load_baseline(path: str | os.PathLike) -> Baseline:
     )
 
 
-def _lower_is_better(metric: str) -> bool:
-    return metric.endswith("_rank")
-
-
 def compare_to_baseline(
     cell: Mapping,
     baseline: Baseline,
@@ -238,13 +235,13 @@ def compare_to_baseline(
             failures.append(f"{metric} is missing from this run (baseline {before:.3f})")
             continue
         after = float(after)
-        worse = after - before if _lower_is_better(metric) else before - after
+        worse = after - before if lower_is_better(metric) else before - after
         allowed = max(
             tolerance_abs if tolerance_abs is not None else 0.0,
             tolerance_rel * abs(before) if tolerance_rel is not None else 0.0,
         )
         if worse > allowed + _EPSILON:
-            verb, sign = ("rose", "+") if _lower_is_better(metric) else ("fell", "-")
+            verb, sign = ("rose", "+") if lower_is_better(metric) else ("fell", "-")
             how = ""
             if tolerance_rel is not None and (tolerance_abs is None or tolerance_rel * abs(before) > tolerance_abs):
                 how = f" ({tolerance_rel * 100:g}% of baseline)"

@@ -24,6 +24,9 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from ..thresholds import lower_is_better
+from .values import as_mapping, as_number, level_key, level_text, unique
+
 __all__ = ["render_html", "collect_pictures", "metric_order"]
 
 # Categorical palette for models (chosen for contrast on white and between neighbours).
@@ -65,20 +68,12 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _number(value: object) -> float | None:
-    """A finite real number from the JSON, else None (bools are not numbers here)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
 def _fmt(value: object, digits: int | None = 3) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
         return f"{value:,}"
-    number = _number(value)
+    number = as_number(value)
     if number is None:
         return "n/a"
     if digits is None:  # general values (configuration, cards): shortest readable form
@@ -102,18 +97,6 @@ def _num(value: object, digits: int | None = 3, *, cls: str = "num", extra_title
     exact = _exact(value)
     title = exact + (f" · {extra_title}" if extra_title else "")
     return f'<span class="{cls}" data-value="{_e(exact)}" title="{_e(title)}">{_e(_fmt(value, digits))}</span>'
-
-
-def _level_text(level: float) -> str:
-    percent = level * 100.0
-    if abs(percent - round(percent)) < 1e-9:
-        return f"{int(round(percent))}%"
-    return f"{percent:.1f}%"
-
-
-def _level_key(level: object) -> float | None:
-    number = _number(level)
-    return None if number is None else round(number, 9)
 
 
 def _mix(a: tuple[int, int, int], b: tuple[int, int, int], t: float) -> tuple[int, int, int]:
@@ -203,25 +186,25 @@ class _Report:
 
         models = results.get("models") if isinstance(results.get("models"), Mapping) else {}
         self.model_cards = models
-        self.models = _unique([*models.keys(), *(c.get("model") for c in self.cells)])
+        self.models = unique([*models.keys(), *(c.get("model") for c in self.cells)])
         self.model_index = {m: i for i, m in enumerate(self.models)}
 
         config_patches = self.config.get("patches") if isinstance(self.config.get("patches"), list) else []
-        self.patches = _unique([*config_patches, *(c.get("patch") for c in self.cells)])
+        self.patches = unique([*config_patches, *(c.get("patch") for c in self.cells)])
 
         levels = self.config.get("levels") if isinstance(self.config.get("levels"), list) else []
-        keys = {_level_key(v) for v in [*levels, *(c.get("level") for c in self.grid)]}
+        keys = {level_key(v) for v in [*levels, *(c.get("level") for c in self.grid)]}
         self.levels = sorted(k for k in keys if k is not None)
 
         self.lookup: dict[tuple[str, str, float], Mapping] = {}
         for cell in self.grid:
-            key = (cell.get("model"), cell.get("patch"), _level_key(cell.get("level")))
+            key = (cell.get("model"), cell.get("patch"), level_key(cell.get("level")))
             self.lookup.setdefault(key, cell)  # type: ignore[arg-type]
 
         metrics = set()
         for cell in self.cells:
-            for name, value in _mapping(cell.get("metrics")).items():
-                if _number(value) is not None:
+            for name, value in as_mapping(cell.get("metrics")).items():
+                if as_number(value) is not None:
                     metrics.add(name)
         primary = self.config.get("primary_metric")
         self.primary = primary if isinstance(primary, str) and primary else None
@@ -232,11 +215,11 @@ class _Report:
         # Charts and heatmaps show recalls (0..1); a rank primary metric falls back to the first recall.
         self.chart_primary = self.primary if self.primary in self.metrics else (self.metrics[0] if self.metrics else None)
 
-        bootstrap = _mapping(self.config.get("bootstrap"))
-        confidence = _number(bootstrap.get("confidence"))
+        bootstrap = as_mapping(self.config.get("bootstrap"))
+        confidence = as_number(bootstrap.get("confidence"))
         self.confidence_text = f"{confidence * 100:g}% CI" if confidence else "CI"
 
-        summary = _mapping(results.get("summary"))
+        summary = as_mapping(results.get("summary"))
         outcomes = [c.get("outcome") for c in self.cells]
         self.passed = _count(summary.get("passed"), outcomes.count("passed"))
         self.failed = _count(summary.get("failed"), outcomes.count("failed"))
@@ -253,24 +236,8 @@ class _Report:
         return DASHES[(self.model_index.get(model, 0) // len(PALETTE)) % len(DASHES)]  # type: ignore[arg-type]
 
 
-def _unique(items: Iterable[object]) -> list:
-    out: list = []
-    for item in items:
-        if isinstance(item, str) and item not in out:
-            out.append(item)
-    return out
-
-
-def _mapping(value: object) -> Mapping:
-    return value if isinstance(value, Mapping) else {}
-
-
 def _count(value: object, fallback: int) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else fallback
-
-
-def _lower_is_better(metric: str) -> bool:
-    return metric.endswith("_rank")
 
 
 def _failing_metrics(cell: Mapping, primary: str | None) -> set[str]:
@@ -283,16 +250,16 @@ def _failing_metrics(cell: Mapping, primary: str | None) -> set[str]:
     """
     if cell.get("outcome") != "failed":
         return set()
-    metrics = _mapping(cell.get("metrics"))
-    thresholds = _mapping(cell.get("thresholds"))
+    metrics = as_mapping(cell.get("metrics"))
+    thresholds = as_mapping(cell.get("thresholds"))
     failing = set()
     for metric, row in thresholds.items():
-        row = _mapping(row)
-        value = _number(metrics.get(metric))
-        gated = _number(row.get("lower_bound"))
+        row = as_mapping(row)
+        value = as_number(metrics.get(metric))
+        gated = as_number(row.get("lower_bound"))
         gated = value if gated is None else gated
-        minimum, maximum = _number(row.get("min")), _number(row.get("max"))
-        ratio, retention = _number(row.get("ratio")), _number(row.get("retention"))
+        minimum, maximum = as_number(row.get("min")), as_number(row.get("max"))
+        ratio, retention = as_number(row.get("ratio")), as_number(row.get("retention"))
         if (
             (minimum is not None and gated is not None and gated < minimum)
             or (maximum is not None and value is not None and value > maximum)
@@ -300,7 +267,7 @@ def _failing_metrics(cell: Mapping, primary: str | None) -> set[str]:
         ):
             failing.add(metric)
     known = set(metrics) | set(thresholds)
-    search = _mapping(cell.get("search"))
+    search = as_mapping(cell.get("search"))
     if isinstance(search.get("metric"), str):
         known.add(search["metric"])
     for message in cell.get("failures") or []:
@@ -314,9 +281,9 @@ def _failing_metrics(cell: Mapping, primary: str | None) -> set[str]:
 
 
 def _interval(cell: Mapping, metric: str) -> tuple[float, float] | None:
-    pair = _mapping(cell.get("intervals")).get(metric)
+    pair = as_mapping(cell.get("intervals")).get(metric)
     if isinstance(pair, (list, tuple)) and len(pair) == 2:
-        low, high = _number(pair[0]), _number(pair[1])
+        low, high = as_number(pair[0]), as_number(pair[1])
         if low is not None and high is not None:
             return low, high
     return None
@@ -327,11 +294,11 @@ def _required(threshold: Mapping, metric: str = "") -> tuple[float | None, float
 
     Retention needs ``clean x r`` for recalls and at most ``clean / r`` for ranks.
     """
-    minimum = _number(threshold.get("min"))
-    retention, clean = _number(threshold.get("retention")), _number(threshold.get("clean"))
+    minimum = as_number(threshold.get("min"))
+    retention, clean = as_number(threshold.get("retention")), as_number(threshold.get("clean"))
     if retention is None or clean is None:
         return minimum, None
-    if _lower_is_better(metric):
+    if lower_is_better(metric):
         return minimum, (clean / retention if retention > 0 else None)
     return minimum, clean * retention
 
@@ -393,7 +360,7 @@ def _chart(report: _Report, patch: str, metric: str, *, compact: bool) -> str:
         parts.append(f'<line class="grid v" x1="{x:.1f}" x2="{x:.1f}" y1="{y1:.1f}" y2="{y0:.1f}"/>')
         parts.append(f'<line class="axis" x1="{x:.1f}" x2="{x:.1f}" y1="{y0:.1f}" y2="{y0 + 5:.1f}"/>')
         parts.append(
-            f'<text class="tick" x="{x:.1f}" y="{y0 + 18:.1f}" text-anchor="middle">{_e(_level_text(level))}</text>'
+            f'<text class="tick" x="{x:.1f}" y="{y0 + 18:.1f}" text-anchor="middle">{_e(level_text(level))}</text>'
         )
     parts.append(f'<line class="axis" x1="{x0}" x2="{x1}" y1="{y0:.1f}" y2="{y0:.1f}"/>')
     parts.append(f'<line class="axis" x1="{x0}" x2="{x0}" y1="{y1:.1f}" y2="{y0:.1f}"/>')
@@ -418,19 +385,19 @@ def _chart(report: _Report, patch: str, metric: str, *, compact: bool) -> str:
             if cell is None:
                 continue
             x = ax.x(level)
-            threshold = _mapping(_mapping(cell.get("thresholds")).get(metric))
+            threshold = as_mapping(as_mapping(cell.get("thresholds")).get(metric))
             minimum, required = _required(threshold, metric)
             if minimum is not None:
                 minimums[(model, level)] = minimum
             if required is not None:
                 retention.append((x, ax.y(required), required))
-            value = _number(_mapping(cell.get("metrics")).get(metric))
+            value = as_number(as_mapping(cell.get("metrics")).get(metric))
             if value is None:
                 if cell.get("outcome") == "error":
                     message = str(cell.get("error") or "error")
                     marks.append(
                         f'<path class="err-mark" d="M{x:.1f},{y0 - 12:.1f} l6,10 h-12 z">'
-                        f"<title>{_e(model)} · {_e(_level_text(level))}: error: {_e(message)}</title></path>"
+                        f"<title>{_e(model)} · {_e(level_text(level))}: error: {_e(message)}</title></path>"
                     )
                 continue
             y = ax.y(value)
@@ -439,7 +406,7 @@ def _chart(report: _Report, patch: str, metric: str, *, compact: bool) -> str:
             if interval is not None:
                 band_hi.append((x, ax.y(interval[1])))
                 band_lo.append((x, ax.y(interval[0])))
-            tip = f"{model} · {patch} · {_level_text(level)}: {metric} = {_fmt(value)}"
+            tip = f"{model} · {patch} · {level_text(level)}: {metric} = {_fmt(value)}"
             if interval is not None:
                 tip += f" ({report.confidence_text} {_fmt(interval[0])}–{_fmt(interval[1])})"
             failing = metric in _failing_metrics(cell, report.primary)
@@ -506,14 +473,14 @@ def _chart(report: _Report, patch: str, metric: str, *, compact: bool) -> str:
 
     # Worst-case placements found by the search, as hollow diamonds.
     for cell in report.search:
-        search = _mapping(cell.get("search"))
+        search = as_mapping(cell.get("search"))
         if cell.get("patch") != patch or search.get("metric") != metric:
             continue
-        value, level = _number(search.get("value")), _level_key(cell.get("level"))
+        value, level = as_number(search.get("value")), level_key(cell.get("level"))
         if value is None or level is None or not (0 <= level <= ax.xmax) or (ax.single and level not in levels):
             continue
         x, y, r = ax.x(level), ax.y(value), (5 if compact else 6)
-        tip = f"{cell.get('model')} · worst-case placement at {_level_text(level)}: {metric} = {_fmt(value)}"
+        tip = f"{cell.get('model')} · worst-case placement at {level_text(level)}: {metric} = {_fmt(value)}"
         if search.get("description"):
             tip += f" · {search.get('description')}"
         if metric in _failing_metrics(cell, report.primary):
@@ -580,7 +547,7 @@ def _legend(report: _Report, patch: str) -> str:
 
 def _heatmap(report: _Report, patch: str, metric: str) -> str:
     head = "".join(
-        f'<th scope="col" data-level="{_e(_exact(lv))}">{_e(_level_text(lv))}'
+        f'<th scope="col" data-level="{_e(_exact(lv))}">{_e(level_text(lv))}'
         f'{"<br><small>clean</small>" if lv == 0 else ""}</th>'
         for lv in report.levels
     )
@@ -594,7 +561,7 @@ def _heatmap(report: _Report, patch: str, metric: str) -> str:
             if cell is None:
                 cells.append('<td class="missing">—</td>')
                 continue
-            value = _number(_mapping(cell.get("metrics")).get(metric))
+            value = as_number(as_mapping(cell.get("metrics")).get(metric))
             if value is None:
                 if cell.get("outcome") == "error":
                     cells.append(
@@ -606,11 +573,11 @@ def _heatmap(report: _Report, patch: str, metric: str) -> str:
                 continue
             background, ink = _heat(value)
             failing = metric in _failing_metrics(cell, report.primary)
-            notes = [f"{model} · {_level_text(level)}"]
+            notes = [f"{model} · {level_text(level)}"]
             interval = _interval(cell, metric)
             if interval is not None:
                 notes.append(f"{report.confidence_text} {_fmt(interval[0])}–{_fmt(interval[1])}")
-            minimum, required = _required(_mapping(_mapping(cell.get("thresholds")).get(metric)), metric)
+            minimum, required = _required(as_mapping(as_mapping(cell.get("thresholds")).get(metric)), metric)
             if minimum is not None:
                 notes.append(f"min {_fmt(minimum)}")
             if required is not None:
@@ -684,13 +651,13 @@ def _model_cards(report: _Report) -> str:
         return '<p class="muted">No model cards recorded.</p>'
     keys: list[str] = []
     for card in cards.values():
-        for key in _mapping(card):
+        for key in as_mapping(card):
             if key != "name" and key not in keys:
                 keys.append(key)
     head = "".join(f'<th scope="col">{_e(k)}</th>' for k in keys)
     rows = []
     for name, card in cards.items():
-        card = _mapping(card)
+        card = as_mapping(card)
         colour = report.colour(name)
         cols = []
         for key in keys:
@@ -712,10 +679,10 @@ def _model_cards(report: _Report) -> str:
 
 
 def _threshold_rows(report: _Report, cell: Mapping) -> str:
-    metrics = _mapping(cell.get("metrics"))
-    thresholds = _mapping(cell.get("thresholds"))
+    metrics = as_mapping(cell.get("metrics"))
+    thresholds = as_mapping(cell.get("thresholds"))
     failing = _failing_metrics(cell, report.primary)
-    search = _mapping(cell.get("search"))
+    search = as_mapping(cell.get("search"))
     names = [*thresholds.keys(), *(m for m in sorted(failing) if m not in thresholds)]
     if not names:
         return ""
@@ -724,7 +691,7 @@ def _threshold_rows(report: _Report, cell: Mapping) -> str:
                "Retention needs", "Retained", "Status"]
     table = []
     for metric in names:
-        threshold = _mapping(thresholds.get(metric))
+        threshold = as_mapping(thresholds.get(metric))
         value = metrics.get(metric)
         if value is None and search.get("metric") == metric:
             value = search.get("value")
@@ -732,8 +699,8 @@ def _threshold_rows(report: _Report, cell: Mapping) -> str:
         interval = _interval(cell, metric)
         retention = None
         if required is not None:
-            op = "÷" if _lower_is_better(metric) else "×"
-            bound = "≤" if _lower_is_better(metric) else "≥"
+            op = "÷" if lower_is_better(metric) else "×"
+            bound = "≤" if lower_is_better(metric) else "≥"
             retention = (
                 f"{bound} {_num(required)} <small class=\"muted\">(clean {_num(threshold.get('clean'))} {op} "
                 f"{_num(threshold.get('retention'), 2)})</small>"
@@ -817,16 +784,16 @@ def _search_block(cell: Mapping, pictures: Mapping[str, bytes]) -> str:
 
 
 def _cell_title(cell: Mapping) -> str:
-    level = _number(cell.get("level"))
+    level = as_number(cell.get("level"))
     bits = [
         f"model <b>{_e(cell.get('model', '?'))}</b>",
         f"patch <b>{_e(cell.get('patch', '?'))}</b>",
-        f"level <b>{_e(_level_text(level)) if level is not None else '?'}</b>",
+        f"level <b>{_e(level_text(level)) if level is not None else '?'}</b>",
         f"{_e(cell.get('kind', 'grid'))} cell",
     ]
     if cell.get("n_images") is not None:
         bits.append(f"{_num(cell.get('n_images'), 0)} images")
-    if _number(cell.get("duration_s")) is not None:
+    if as_number(cell.get("duration_s")) is not None:
         bits.append(f"{_num(cell.get('duration_s'), 1)} s")
     return " · ".join(bits)
 
@@ -852,14 +819,14 @@ def _failure(report: _Report, cell: Mapping, pictures: Mapping[str, bytes], inde
 def _search_table(report: _Report) -> str:
     rows = []
     for cell in report.search:
-        search = _mapping(cell.get("search"))
+        search = as_mapping(cell.get("search"))
         outcome = str(cell.get("outcome", "?"))
         pill = {"passed": "pass", "failed": "fail"}.get(outcome, "error")
-        level = _number(cell.get("level"))
+        level = as_number(cell.get("level"))
         description = _e(search.get("description") or "") or '<span class="na">—</span>'
         rows.append(
             f"<tr><th scope=\"row\">{_e(cell.get('model', '?'))}</th><td>{_e(cell.get('patch', '?'))}</td>"
-            f"<td>{_e(_level_text(level)) if level is not None else '?'}</td>"
+            f"<td>{_e(level_text(level)) if level is not None else '?'}</td>"
             f"<td>{_e(search.get('metric', '—'))}</td><td>{_num(search.get('value'))}</td>"
             f'<td><span class="pill {pill}">{_e(outcome)}</span></td>'
             f"<td>{description}</td></tr>"
@@ -979,7 +946,7 @@ def _gate(config: Mapping) -> object:
     """The gate mode: ``config.gate``, or ``config.thresholds.gate`` as the plugin records it."""
     if config.get("gate") is not None:
         return config.get("gate")
-    return _mapping(config.get("thresholds")).get("gate")
+    return as_mapping(config.get("thresholds")).get("gate")
 
 
 def _gate_text(gate: object) -> str:
@@ -992,8 +959,8 @@ def _gate_text(gate: object) -> str:
 
 def _header(report: _Report) -> str:
     results = report.results
-    dataset = _mapping(results.get("dataset"))
-    tool = _mapping(results.get("tool"))
+    dataset = as_mapping(results.get("dataset"))
+    tool = as_mapping(results.get("tool"))
     verdict = report.verdict
     verdict_class = {"pass": "pass", "fail": "fail"}.get(verdict, "other")
     sub = []
@@ -1092,8 +1059,8 @@ def render_html(results: dict, *, pictures: Mapping[str, bytes] | None = None) -
     report = _Report(results)
     pictures = pictures or {}
     failing = [c for c in report.cells if c.get("outcome") in ("failed", "error")]
-    dataset = _mapping(results.get("dataset"))
-    environment = dict(_mapping(results.get("environment")))
+    dataset = as_mapping(results.get("dataset"))
+    environment = dict(as_mapping(results.get("environment")))
     if "seed" in results:
         environment = {"seed": results.get("seed"), **environment}
 
@@ -1122,7 +1089,7 @@ def render_html(results: dict, *, pictures: Mapping[str, bytes] | None = None) -
     if dataset.get("name") is not None:
         page_title += f" · {dataset['name']}"
     body = "".join(f'<section id="{sid}"><h2>{_e(title)}</h2>{content}</section>' for sid, title, content in sections)
-    tool = _mapping(results.get("tool"))
+    tool = as_mapping(results.get("tool"))
     footer = (
         f"<footer>Generated by {_e(tool.get('name', 'pytest-medrobust'))} {_e(tool.get('version', ''))}"
         f" · results schema {_e(results.get('schema', '?'))}. Self-contained page: no scripts, no network.</footer>"

@@ -12,9 +12,10 @@ punctuation that could start emphasis, links, code or break a table is backslash
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
+
+from .values import as_mapping, as_number, level_key, level_text, unique
 
 __all__ = ["render_markdown", "escape_markdown"]
 
@@ -29,43 +30,14 @@ def escape_markdown(value: object) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
-def _mapping(value: object) -> Mapping:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _level(level: float) -> str:
-    percent = level * 100.0
-    return f"{percent:.0f}%" if abs(percent - round(percent)) < 1e-9 else f"{percent:.1f}%"
-
-
-def _level_key(value: object) -> float | None:
-    number = _number(value)
-    return None if number is None else round(number, 9)
-
-
-def _unique(items) -> list:
-    out: list = []
-    for item in items:
-        if isinstance(item, str) and item not in out:
-            out.append(item)
-    return out
-
-
 def render_markdown(results: Mapping) -> str:
     """The Markdown summary (GitHub-flavoured: tables, emoji), ending with a newline."""
-    config = _mapping(results.get("config"))
+    config = as_mapping(results.get("config"))
     cells = [c for c in (results.get("cells") or []) if isinstance(c, Mapping)]
     grid = [c for c in cells if c.get("kind", "grid") != "search"]
     search = [c for c in cells if c.get("kind") == "search"]
-    summary = _mapping(results.get("summary"))
-    dataset = _mapping(results.get("dataset"))
+    summary = as_mapping(results.get("summary"))
+    dataset = as_mapping(results.get("dataset"))
 
     def count(key: str, outcome: str) -> int:
         value = summary.get(key)
@@ -80,7 +52,7 @@ def render_markdown(results: Mapping) -> str:
     primary = config.get("primary_metric") if isinstance(config.get("primary_metric"), str) else None
     if primary is None:
         for cell in grid:
-            names = [m for m in _mapping(cell.get("metrics")) if "_R@" in m]
+            names = [m for m in as_mapping(cell.get("metrics")) if "_R@" in m]
             if names:
                 primary = names[0]
                 break
@@ -105,14 +77,14 @@ def render_markdown(results: Mapping) -> str:
         context.append(f"seed {escape_markdown(results['seed'])}")
     lines += ["", " · ".join(context), ""]
 
-    models = _unique([*_mapping(results.get("models")).keys(), *(c.get("model") for c in cells)])
-    patches = _unique([*(config.get("patches") or []), *(c.get("patch") for c in cells)])
+    models = unique([*as_mapping(results.get("models")).keys(), *(c.get("model") for c in cells)])
+    patches = unique([*(config.get("patches") or []), *(c.get("patch") for c in cells)])
     levels = sorted(
-        {k for k in (_level_key(v) for v in [*(config.get("levels") or []), *(c.get("level") for c in grid)]) if k is not None}
+        {k for k in (level_key(v) for v in [*(config.get("levels") or []), *(c.get("level") for c in grid)]) if k is not None}
     )
     lookup = {}
     for cell in grid:
-        lookup.setdefault((cell.get("model"), cell.get("patch"), _level_key(cell.get("level"))), cell)
+        lookup.setdefault((cell.get("model"), cell.get("patch"), level_key(cell.get("level"))), cell)
 
     for patch in patches:
         rows = [m for m in models if any((m, patch, lv) in lookup for lv in levels)]
@@ -120,7 +92,7 @@ def render_markdown(results: Mapping) -> str:
             continue
         lines.append(f"### Patch `{patch.replace('`', '')}` · {escape_markdown(primary)}")
         lines.append("")
-        header = ["Model", *(_level(lv) + (" (clean)" if lv == 0 else "") for lv in levels)]
+        header = ["Model", *(level_text(lv, negative_zero=True) + (" (clean)" if lv == 0 else "") for lv in levels)]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" + "---:|" * len(levels))
         for model in rows:
@@ -131,7 +103,7 @@ def render_markdown(results: Mapping) -> str:
                     row.append("—")
                     continue
                 outcome = cell.get("outcome")
-                value = _number(_mapping(cell.get("metrics")).get(primary))
+                value = as_number(as_mapping(cell.get("metrics")).get(primary))
                 shown = f"{value:.3f}" if value is not None else ("error" if outcome == "error" else "—")
                 row.append(f"{shown} {_ICON.get(outcome, '')}".strip())
             lines.append("| " + " | ".join(row) + " |")
@@ -142,12 +114,12 @@ def render_markdown(results: Mapping) -> str:
         lines.append("| Model | Patch | Level | Worst value | |")
         lines.append("|---|---|---:|---:|---|")
         for cell in search:
-            info = _mapping(cell.get("search"))
-            value = _number(info.get("value"))
-            level = _number(cell.get("level"))
+            info = as_mapping(cell.get("search"))
+            value = as_number(info.get("value"))
+            level = as_number(cell.get("level"))
             lines.append(
                 f"| {escape_markdown(cell.get('model', '?'))} | {escape_markdown(cell.get('patch', '?'))} | "
-                f"{_level(level) if level is not None else '?'} | "
+                f"{level_text(level, negative_zero=True) if level is not None else '?'} | "
                 f"{f'{value:.3f}' if value is not None else '—'} | {_ICON.get(cell.get('outcome'), '')} |"
             )
         lines.append("")
@@ -162,7 +134,7 @@ def render_markdown(results: Mapping) -> str:
                 continue
             messages = [escape_markdown(m) for m in cell.get("failures") or []] or ["failed"]
             lines.append(f"- ❌ `{cell_id}`: " + "; ".join(messages))
-            info = _mapping(cell.get("search"))
+            info = as_mapping(cell.get("search"))
             if info.get("description"):
                 lines.append(f"  - worst placement: {escape_markdown(info['description'])}")
             if info.get("replay"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
+from importlib.metadata import PackageNotFoundError, version
 import tempfile
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
@@ -29,10 +29,13 @@ def environment(device: str | None) -> dict[str, Any]:
         "pytest_medrobust": __version__,
         "device": device,
     }
-    for module in ("torch", "numpy", "pytest", "hypothesis", "open_clip", "transformers"):
-        mod = sys.modules.get(module)
-        if mod is not None:
-            env[module] = getattr(mod, "__version__", None)
+    # Installed versions (not what this process imported: under xdist the controller imports
+    # none of the model packages).
+    for package in ("torch", "torchvision", "numpy", "pytest", "pytest-xdist", "hypothesis", "open_clip_torch", "transformers"):
+        try:
+            env[package] = version(package)
+        except PackageNotFoundError:
+            env[package] = None
     return env
 
 
