@@ -243,6 +243,10 @@ class GatePlugin:
                 record = error_record(item, report)
             if record is not None:
                 report.medrobust = {**record, "nodeid": item.nodeid}
+                if call.when == "call":
+                    from .reporting.pytest_html_extras import extras_for
+
+                    report.extras = [*getattr(report, "extras", []), *extras_for(record)]
         return report
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:

@@ -340,3 +340,15 @@ def test_corrupt_baseline_is_a_usage_error(project):
     result = project.runpytest("--medrobust", "--medrobust-baseline", "baseline.json")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "baseline.json" in result.stderr.str()
+
+
+def test_pytest_html_report_gets_each_cells_metrics_and_mask(project):
+    pytest.importorskip("pytest_html")
+    result = project.runpytest(
+        "--medrobust", "--medrobust-models", "oracle", "--medrobust-levels", "0.3", "--medrobust-search-examples", "4",
+        "--html=items.html", "--self-contained-html",
+    )
+    assert result.ret == 1
+    page = (project.path / "items.html").read_text()
+    assert "medrobust cell" in page and "i2t_unique_R@1" in page
+    assert "data:image/png;base64" in page or "image/png" in page
