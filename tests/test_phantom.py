@@ -81,8 +81,9 @@ def test_images_are_valid_and_reproducible(seed, index, size):
     assert isinstance(study, PhantomStudy)
     img = study.image
     assert img.dtype == np.uint8 and img.shape == (size, size)
-    # a radiograph, not a flat field: dark air and bright tissue both present
-    assert img.min() < 60 and img.max() > 180
+    # a radiograph, not a flat field: dark air and bright tissue both present (exposure varies:
+    # over 400 random studies the brightest pixel was >= 176 and the contrast >= 167)
+    assert img.min() < 60 and img.max() > 150 and int(img.max()) - int(img.min()) > 120
     assert len(np.unique(img)) > 40
     assert study.id == f"phantom-{seed}-{index:05d}"
     again = generate_study(seed, index, size)

@@ -35,10 +35,10 @@ from typing import Any
 import torch
 from PIL import Image
 from torch import nn
-from torch.nn import functional as F
 
 from ..errors import ModelLoadError
 from . import hub
+from .base import MeanStdAdapter, apply_steps
 
 _NO_WEIGHTS = {"", "none", "random"}
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -65,7 +65,7 @@ def _bind_prepare(adapter: nn.Module, signature: str) -> None:
     object.__setattr__(adapter, "prepare_image", prepare_image)
 
 
-class OpenClipAdapter(nn.Module):
+class OpenClipAdapter(MeanStdAdapter):
     """An open_clip CLIP model behind the medrobust model contract."""
 
     def __init__(
@@ -78,11 +78,9 @@ class OpenClipAdapter(nn.Module):
         card: dict[str, Any],
         batch_size: int = 64,
     ):
-        super().__init__()
+        super().__init__(name=name, batch_size=batch_size)
         self.model = model.eval()
-        self.name = name
         self.tokenizer = tokenizer
-        self.batch_size = int(batch_size)
         steps = list(getattr(preprocess, "transforms", [preprocess]))
         self._geometric: list[Any] = []
         normalize = None
@@ -107,8 +105,7 @@ class OpenClipAdapter(nn.Module):
         self.input_size = (int(h), int(w))
         crop = any(type(t).__name__ in ("CenterCrop", "CenterCropOrPad") for t in self._geometric)
         self.geometry = "crop" if crop else "pad"
-        self.register_buffer("mean", torch.tensor(normalize.mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(normalize.std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self._set_normalisation(normalize.mean, normalize.std)
         self._card = {
             **card,
             "embedding_dim": getattr(model.visual, "output_dim", None),
@@ -122,50 +119,30 @@ class OpenClipAdapter(nn.Module):
 
         _bind_prepare(self, "|".join(repr(t) for t in self._geometric))
 
-    @property
-    def device(self) -> torch.device:
-        return self.mean.device
-
     def _prepare(self, image: Image.Image) -> Image.Image:
-        for t in self._geometric:
-            image = t(image)
-        return image
+        return apply_steps(image, self._geometric)
 
-    @torch.no_grad()
-    def encode_images(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, torch.float32)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        z = self.model.encode_image((x - self.mean) / self.std)
-        return F.normalize(z.float(), dim=-1)
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+    def _text_features(self, texts: list[str]) -> torch.Tensor:
+        return self.model.encode_text(self.tokenizer(texts).to(self.device))
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        texts = list(texts)
-        if not texts:
-            return torch.empty(0, self._card["embedding_dim"] or 0, device=self.device)
-        out = []
-        for i in range(0, len(texts), self.batch_size):
-            tokens = self.tokenizer(texts[i : i + self.batch_size]).to(self.device)
-            out.append(self.model.encode_text(tokens).float())
-        return F.normalize(torch.cat(out), dim=-1)
-
-    def card(self) -> dict[str, Any]:
-        return dict(self._card)
+        return self._encode_in_batches(texts, self._text_features, self._card["embedding_dim"] or 0)
 
 
-class HFClipAdapter(nn.Module):
+class HFClipAdapter(MeanStdAdapter):
     """A transformers ``CLIPModel`` directory behind the medrobust model contract."""
 
     def __init__(
         self, model: nn.Module, tokenizer: Any, processor: Any, *, name: str, card: dict[str, Any], batch_size: int = 64
     ):
-        super().__init__()
+        super().__init__(name=name, batch_size=batch_size)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.processor = processor
-        self.name = name
-        self.batch_size = int(batch_size)
         crop = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
         if crop:
             h, w = int(crop["height"]), int(crop["width"])
@@ -179,8 +156,7 @@ class HFClipAdapter(nn.Module):
         std = [float(s) for s in processor.image_std]
         if abs(scale * 255.0 - 1.0) > 1e-9:
             raise ModelLoadError(f"{name}: image processor rescale_factor {scale} is not 1/255; unsupported")
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        self._set_normalisation(mean, std)
         text_cfg = model.config.text_config
         self.max_length = int(min(getattr(tokenizer, "model_max_length", 77) or 77, text_cfg.max_position_embeddings))
         self._card = {
@@ -198,10 +174,6 @@ class HFClipAdapter(nn.Module):
             f"{type(processor).__name__}:size={processor.size}:crop={crop}:resample={getattr(processor, 'resample', None)}",
         )
 
-    @property
-    def device(self) -> torch.device:
-        return self.mean.device
-
     def _prepare(self, image: Image.Image) -> Image.Image:
         out = self.processor(images=image.convert("RGB"), do_rescale=False, do_normalize=False, return_tensors="pt")
         px = out["pixel_values"][0, 0]
@@ -217,30 +189,18 @@ class HFClipAdapter(nn.Module):
             raise ModelLoadError("CLIPModel returned no projected features (pooler_output)")
         return pooled
 
-    @torch.no_grad()
-    def encode_images(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, torch.float32)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        z = self._features(self.model.get_image_features(pixel_values=(x - self.mean) / self.std))
-        return F.normalize(z.float(), dim=-1)
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self._features(self.model.get_image_features(pixel_values=pixels))
+
+    def _text_features(self, texts: list[str]) -> torch.Tensor:
+        tok = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        tok = tok.to(self.device)
+        feats = self.model.get_text_features(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])
+        return self._features(feats)
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        texts = list(texts)
-        if not texts:
-            return torch.empty(0, self._card["embedding_dim"], device=self.device)
-        out = []
-        for i in range(0, len(texts), self.batch_size):
-            tok = self.tokenizer(
-                texts[i : i + self.batch_size], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-            ).to(self.device)
-            feats = self.model.get_text_features(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])
-            out.append(self._features(feats).float())
-        return F.normalize(torch.cat(out), dim=-1)
-
-    def card(self) -> dict[str, Any]:
-        return dict(self._card)
+        return self._encode_in_batches(texts, self._text_features, self._card["embedding_dim"])
 
 
 def _load_open_clip(

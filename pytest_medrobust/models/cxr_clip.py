@@ -56,7 +56,7 @@ from torch.nn import functional as F
 
 from ..errors import ModelLoadError
 from . import hub
-from .medclip import build_bert, build_resnet50
+from .base import MeanStdAdapter, apply_steps
 
 BERT_HUB_ID = "emilyalsentzer/Bio_ClinicalBERT"
 SWIN_HUB_ID = "microsoft/swin-tiny-patch4-window7-224"
@@ -138,10 +138,10 @@ def _get(cfg: Any, *keys: str, default: Any = None) -> Any:
     return cfg
 
 
-class CXRClip(nn.Module):
+class CXRClip(MeanStdAdapter):
     def __init__(self, net: CXRClipNet, tokenizer: Any, *, variant: str, pooling: str, max_length: int, name: str,
                  card: dict[str, Any], batch_size: int):
-        super().__init__()
+        super().__init__(name=name, batch_size=batch_size)
         import torchvision.transforms as T
 
         self.net = net.eval()
@@ -149,14 +149,11 @@ class CXRClip(nn.Module):
         self.variant = variant
         self.pooling = pooling
         self.max_length = int(max_length)
-        self.name = name
-        self.batch_size = int(batch_size)
         self.input_size = (IMG_SIZE, IMG_SIZE)
         self.geometry = "crop"
         self._geometric = [T.Resize(IMG_SIZE), T.CenterCrop(IMG_SIZE)]
         mean, std = (HF_MEAN, HF_STD) if variant == "swin" else (IMAGENET_MEAN, IMAGENET_STD)
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self._set_normalisation(mean, std)
         proj = getattr(net, "text_projection", None)
         dim = proj.projection.out_features if proj is not None else net.text_encoder.text_encoder.config.hidden_size
         self._card = {
@@ -173,25 +170,13 @@ class CXRClip(nn.Module):
             "text_pooling": pooling,
         }
 
-    @property
-    def device(self) -> torch.device:
-        return self.mean.device
-
     def prepare_image(self, image: Image.Image) -> Image.Image:
-        image = image.convert("L")
-        for t in self._geometric:
-            image = t(image)
-        return image
+        return apply_steps(image.convert("L"), self._geometric)
 
-    @torch.no_grad()
-    def encode_images(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, torch.float32)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        feats = self.net.image_encoder((x - self.mean) / self.std)
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        feats = self.net.image_encoder(pixels)
         proj = getattr(self.net, "image_projection", None)
-        z = proj(feats) if proj is not None else feats
-        return F.normalize(z.float(), dim=-1)
+        return proj(feats) if proj is not None else feats
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         return hub.tokenize_unpadded(self.tokenizer, texts, self.max_length)
@@ -211,8 +196,7 @@ class CXRClip(nn.Module):
         proj = getattr(self.net, "text_projection", None)
         bert = self.net.text_encoder.text_encoder
         chunks: dict[int, torch.Tensor] = {}
-        for group in hub.length_buckets([len(t) for t in ids], self.batch_size):
-            input_ids = torch.tensor([ids[i] for i in group], dtype=torch.long, device=self.device)
+        for group, input_ids in hub.equal_length_batches(ids, self.batch_size, self.device):
             mask = torch.ones_like(input_ids)
             hidden = bert(input_ids=input_ids, attention_mask=mask, token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
             feats = self._pool(hidden, mask)
@@ -221,9 +205,6 @@ class CXRClip(nn.Module):
                 chunks[i] = z[j]
         out = torch.stack([chunks[i] for i in range(len(ids))]) if ids else torch.empty(0, 0)
         return F.normalize(out, dim=-1)
-
-    def card(self) -> dict[str, Any]:
-        return dict(self._card)
 
 
 def _default_config(variant: str) -> dict[str, Any]:
@@ -309,29 +290,15 @@ def load_cxr_clip(
     tok_hub_id = str(_get(config, "tokenizer", "pretrained_model_name_or_path", default=text_hub_id))
     max_length = int(text_max_length or TEXT_MAX_LENGTH)
 
-    from transformers import BertConfig, BertTokenizer, SwinConfig
-
-    config_bert = hub.load_hf_config(
-        model=name, local_dir=text_model_dir, hub_id=text_hub_id, option="text_model_dir", cache_dir=cache_dir,
-        config_class=BertConfig, files="vocab.txt and config.json",
+    config_bert, tokenizer = hub.load_bert_pieces(
+        model=name, text_model_dir=text_model_dir, hub_id=text_hub_id, tokenizer_hub_id=tok_hub_id, cache_dir=cache_dir
     )
-    tokenizer = hub.load_hf_tokenizer(
-        model=name, local_dir=text_model_dir, hub_id=tok_hub_id, option="text_model_dir", cache_dir=cache_dir,
-        fallback=BertTokenizer,
-    )
-    emb = state.get("text_encoder.text_encoder.embeddings.word_embeddings.weight")
-    if emb is None:
+    if "text_encoder.text_encoder.embeddings.word_embeddings.weight" not in state:
         raise ModelLoadError(f"{name}: {path} lacks text_encoder.text_encoder.embeddings.word_embeddings.weight")
-    bert = build_bert(
-        config_bert,
-        vocab_size=emb.shape[0],
-        with_pooler=any(k.startswith("text_encoder.text_encoder.pooler.") for k in state),
-        hidden_states=False,
-    )
-    text = _TextEncoder(bert)
+    text = _TextEncoder(hub.build_bert(config_bert, state, "text_encoder.text_encoder.", hidden_states=False))
 
     if variant == "swin":
-        from transformers import SwinModel
+        from transformers import SwinConfig, SwinModel
 
         image_name = str(_get(model_cfg, "image_encoder", "name", default=SWIN_HUB_ID))
         if vision_model_dir:
@@ -351,7 +318,7 @@ def load_cxr_clip(
         image = _SwinEncoder(SwinModel(vcfg, add_pooling_layer=True).eval())
         image_dim = int(vcfg.hidden_size)
     else:
-        image = _ResNetEncoder(build_resnet50(None))
+        image = _ResNetEncoder(hub.build_resnet50(None))
         image_dim = 2048
         vision_source = "torchvision resnet50"
 

@@ -45,6 +45,7 @@ from torch.nn import functional as F
 
 from ..errors import ModelLoadError
 from . import hub
+from .base import AdapterBase
 
 MIMIC_MEAN, MIMIC_STD = 101.48761, 83.43944
 CHEXPERT_MEAN, CHEXPERT_STD = 129.4185, 73.3378
@@ -91,14 +92,12 @@ def build_openai_layout_clip(state: dict[str, torch.Tensor], *, model: str, sour
     return net.float().eval()
 
 
-class CXRRePaiR(nn.Module):
+class CXRRePaiR(AdapterBase):
     def __init__(self, net: nn.Module, tokenizer: Any, *, pipeline: str, name: str, card: dict[str, Any], batch_size: int):
-        super().__init__()
+        super().__init__(name=name, batch_size=batch_size)
         self.net = net
         self.tokenizer = tokenizer
-        self.name = name
         self.pipeline = pipeline
-        self.batch_size = int(batch_size)
         size = net.visual.image_size
         self.model_resolution = tuple(size) if isinstance(size, tuple) else (int(size), int(size))
         if pipeline == "mimic":
@@ -109,7 +108,6 @@ class CXRRePaiR(nn.Module):
             self.input_size = self.model_resolution
         self.geometry = "pad"
         self.context_length = int(net.context_length)
-        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
         self._card = {
             **card,
             "adapter": "cxr-repair",
@@ -130,10 +128,6 @@ class CXRRePaiR(nn.Module):
             "text_section": "as given by the dataset (upstream: IMPRESSION)",
         }
 
-    @property
-    def device(self) -> torch.device:
-        return self._anchor.device
-
     def prepare_image(self, image: Image.Image) -> Image.Image:
         image = image.convert("L")
         if self.pipeline == "chexpert":
@@ -146,36 +140,27 @@ class CXRRePaiR(nn.Module):
         canvas.paste(resized, ((CANVAS - new_size[0]) // 2, (CANVAS - new_size[1]) // 2))
         return canvas
 
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """[0, 1] B x C x H x W -> the tensor the CLIP image tower sees."""
-        x = x.to(self.device, torch.float32)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        x = (x * 255.0 - self.mean_255) / self.std_255
+    def pixel_values(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] B x C x H x W -> the tensor the CLIP image tower sees (0-255 scale, then resized)."""
+        x = (self._rgb(x) * 255.0 - self.mean_255) / self.std_255
         if tuple(x.shape[-2:]) != self.model_resolution:
             x = F.interpolate(x, size=self.model_resolution, mode="bicubic", align_corners=False)
         return x
 
-    @torch.no_grad()
-    def encode_images(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.net.encode_image(self.normalise(x)).float(), dim=-1)
+    normalise = pixel_values  # the adapter's earlier public name
+
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.net.encode_image(pixels)
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         return self.tokenizer(list(texts), context_length=self.context_length)
 
+    def _text_features(self, texts: list[str]) -> torch.Tensor:
+        return self.net.encode_text(self.tokenize(texts).to(self.device))
+
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        texts = list(texts)
-        if not texts:
-            return torch.empty(0, int(self.net.text_projection.shape[1]), device=self.device)
-        out = []
-        for i in range(0, len(texts), self.batch_size):
-            tokens = self.tokenize(texts[i : i + self.batch_size]).to(self.device)
-            out.append(self.net.encode_text(tokens).float())
-        return F.normalize(torch.cat(out), dim=-1)
-
-    def card(self) -> dict[str, Any]:
-        return dict(self._card)
+        return self._encode_in_batches(texts, self._text_features, int(self.net.text_projection.shape[1]))
 
 
 def load_cxr_repair(

@@ -10,6 +10,9 @@
   option when given, else from the Hugging Face hub id through the local HF cache. When neither
   works (offline, nothing cached) the error names the piece, the hub id and the option that
   points at a local copy.
+* **Shared towers.** The BERT text tower (config, tokenizer, ``BertModel`` sized from the
+  checkpoint) and the torchvision ResNet50 that MedCLIP and CXR-CLIP both use; unpadded,
+  equal-length text batches.
 
 Nothing here downloads weights: the adapters take weights from files the user names.
 """
@@ -20,7 +23,7 @@ import hashlib
 import os
 import pickle
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -441,6 +444,49 @@ def load_hf_config(
         raise _hub_error(model, "config", hub_id, option, files, exc) from exc
 
 
+def load_bert_pieces(
+    *,
+    model: str,
+    text_model_dir: PathLike | None,
+    hub_id: str,
+    tokenizer_hub_id: str | None = None,
+    cache_dir: PathLike | None = None,
+) -> tuple[Any, Any]:
+    """A BERT ``(config, tokenizer)`` (Bio_ClinicalBERT for MedCLIP and CXR-CLIP) from
+    ``text_model_dir`` or the HF cache; the tokenizer from ``tokenizer_hub_id`` when it differs."""
+    from transformers import BertConfig, BertTokenizer
+
+    config = load_hf_config(
+        model=model, local_dir=text_model_dir, hub_id=hub_id, option="text_model_dir", cache_dir=cache_dir,
+        config_class=BertConfig, files="vocab.txt and config.json",
+    )
+    tokenizer = load_hf_tokenizer(
+        model=model, local_dir=text_model_dir, hub_id=tokenizer_hub_id or hub_id, option="text_model_dir",
+        cache_dir=cache_dir, fallback=BertTokenizer,
+    )
+    return config, tokenizer
+
+
+def build_bert(config: Any, state: Mapping[str, torch.Tensor], prefix: str, *, hidden_states: bool) -> torch.nn.Module:
+    """A ``BertModel`` for the weights under ``prefix`` in ``state``: vocabulary size from its word
+    embeddings (which must be present), a pooler when the state has one."""
+    from transformers import BertModel
+
+    config.vocab_size = int(state[f"{prefix}embeddings.word_embeddings.weight"].shape[0])
+    config.output_hidden_states = hidden_states
+    with_pooler = any(k.startswith(f"{prefix}pooler.") for k in state)
+    return BertModel(config, add_pooling_layer=with_pooler).eval()
+
+
+def build_resnet50(out_dim: int | None) -> torch.nn.Module:
+    """torchvision ResNet50; ``fc`` = Linear(2048 -> out_dim, no bias), or removed when None."""
+    import torchvision
+
+    net = torchvision.models.resnet50(weights=None)
+    net.fc = torch.nn.Identity() if out_dim is None else torch.nn.Linear(net.fc.in_features, out_dim, bias=False)
+    return net.eval()
+
+
 def swin_tiny_config(**overrides: Any):
     """The configuration of ``microsoft/swin-tiny-patch4-window7-224`` (the fields SwinModel uses).
 
@@ -487,6 +533,14 @@ def length_buckets(lengths: list[int], batch_size: int) -> list[list[int]]:
         idx = by_len[n]
         groups.extend(idx[i : i + batch_size] for i in range(0, len(idx), batch_size))
     return groups
+
+
+def equal_length_batches(
+    ids: list[list[int]], batch_size: int, device: torch.device
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """(indices, B x L input ids on ``device``) for texts of equal token length, no padding needed."""
+    for group in length_buckets([len(t) for t in ids], batch_size):
+        yield group, torch.tensor([ids[i] for i in group], dtype=torch.long, device=device)
 
 
 def gray_channel(x: torch.Tensor) -> torch.Tensor:

@@ -51,6 +51,7 @@ from torch.nn import functional as F
 
 from ..errors import ModelLoadError
 from . import hub
+from .base import AdapterBase
 
 BERT_HUB_ID = "emilyalsentzer/Bio_ClinicalBERT"
 SWIN_HUB_ID = "microsoft/swin-tiny-patch4-window7-224"
@@ -103,36 +104,16 @@ def _detect_variant(state: dict[str, torch.Tensor], name: str, source: Path) -> 
     )
 
 
-def build_bert(config: Any, *, vocab_size: int, with_pooler: bool, hidden_states: bool) -> nn.Module:
-    from transformers import BertModel
-
-    config.vocab_size = int(vocab_size)
-    config.output_hidden_states = hidden_states
-    return BertModel(config, add_pooling_layer=with_pooler).eval()
-
-
-def build_resnet50(out_dim: int | None) -> nn.Module:
-    """torchvision ResNet50; ``fc`` = Linear(2048 -> out_dim, no bias), or removed when None."""
-    import torchvision
-
-    net = torchvision.models.resnet50(weights=None)
-    net.fc = nn.Identity() if out_dim is None else nn.Linear(net.fc.in_features, out_dim, bias=False)
-    return net.eval()
-
-
-class MedCLIP(nn.Module):
+class MedCLIP(AdapterBase):
     geometry = "pad"
 
     def __init__(self, net: MedCLIPNet, tokenizer: Any, *, variant: str, name: str, card: dict[str, Any], batch_size: int):
-        super().__init__()
+        super().__init__(name=name, batch_size=batch_size)
         self.net = net.eval()
         self.tokenizer = tokenizer
         self.variant = variant
-        self.name = name
         self.input_size = (IMG_SIZE, IMG_SIZE)
-        self.batch_size = int(batch_size)
         self.max_length = TEXT_MAX_LENGTH
-        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
         self._card = {
             **card,
             "adapter": "medclip",
@@ -145,10 +126,6 @@ class MedCLIP(nn.Module):
             "text_max_length": self.max_length,
             "text_pooling": "mean over all tokens of mean(hidden_states[1], [2], [-1]); each text encoded alone",
         }
-
-    @property
-    def device(self) -> torch.device:
-        return self._anchor.device
 
     def prepare_image(self, image: Image.Image) -> Image.Image:
         image = image.convert("L")
@@ -163,15 +140,11 @@ class MedCLIP(nn.Module):
         g = hub.gray_channel(x.to(self.device, torch.float32))
         return ((g - IMG_MEAN) / IMG_STD).repeat(1, 3, 1, 1)
 
-    @torch.no_grad()
-    def encode_images(self, x: torch.Tensor) -> torch.Tensor:
-        px = self.pixel_values(x)
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         vision = self.net.vision_model
         if self.variant == "vit":
-            z = vision.projection_head(vision.model(pixel_values=px).pooler_output)
-        else:
-            z = vision.model(px)
-        return F.normalize(z.float(), dim=-1)
+            return vision.projection_head(vision.model(pixel_values=pixels).pooler_output)
+        return vision.model(pixels)
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         return hub.tokenize_unpadded(self.tokenizer, texts, self.max_length)
@@ -181,8 +154,7 @@ class MedCLIP(nn.Module):
         ids = self.token_ids(list(texts))
         text = self.net.text_model
         out = torch.empty(len(ids), text.projection_head.weight.shape[0], device=self.device)
-        for group in hub.length_buckets([len(t) for t in ids], self.batch_size):
-            input_ids = torch.tensor([ids[i] for i in group], dtype=torch.long, device=self.device)
+        for group, input_ids in hub.equal_length_batches(ids, self.batch_size, self.device):
             res = text.model(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids), output_hidden_states=True
             )
@@ -191,9 +163,6 @@ class MedCLIP(nn.Module):
             pooled = stacked.permute(1, 0, 2, 3).mean(2).mean(1)
             out[group] = text.projection_head(pooled).float()
         return F.normalize(out, dim=-1)
-
-    def card(self) -> dict[str, Any]:
-        return dict(self._card)
 
 
 def load_medclip(
@@ -222,32 +191,18 @@ def load_medclip(
     variant = found
 
     # Text tower: Bio_ClinicalBERT config + tokenizer (local dir or HF cache), weights from the file.
-    from transformers import BertConfig, BertTokenizer, SwinConfig
-
-    config = hub.load_hf_config(
-        model=name, local_dir=text_model_dir, hub_id=text_model, option="text_model_dir", cache_dir=cache_dir,
-        config_class=BertConfig, files="vocab.txt and config.json",
-    )
-    tokenizer = hub.load_hf_tokenizer(
-        model=name, local_dir=text_model_dir, hub_id=text_model, option="text_model_dir", cache_dir=cache_dir,
-        fallback=BertTokenizer,
-    )
+    config, tokenizer = hub.load_bert_pieces(model=name, text_model_dir=text_model_dir, hub_id=text_model, cache_dir=cache_dir)
     tokenizer.model_max_length = TEXT_MAX_LENGTH
     emb = state.get("text_model.model.embeddings.word_embeddings.weight")
     proj = state.get("text_model.projection_head.weight")
     if emb is None or proj is None:
         raise ModelLoadError(f"{name}: {path} lacks the text tower (text_model.model.* / text_model.projection_head.weight)")
-    bert = build_bert(
-        config,
-        vocab_size=emb.shape[0],
-        with_pooler=any(k.startswith("text_model.model.pooler.") for k in state),
-        hidden_states=True,
-    )
+    bert = hub.build_bert(config, state, "text_model.model.", hidden_states=True)
     text = _Tower(bert, nn.Linear(proj.shape[1], proj.shape[0], bias=False))
 
     # Vision tower.
     if variant == "vit":
-        from transformers import SwinModel
+        from transformers import SwinConfig, SwinModel
 
         if vision_model_dir:
             vcfg = hub.load_hf_config(
@@ -260,7 +215,7 @@ def load_medclip(
         vision_source = str(vision_model_dir) if vision_model_dir else f"built-in config of {SWIN_HUB_ID}"
     else:
         fc = state["vision_model.model.fc.weight"]
-        vision = _Tower(build_resnet50(int(fc.shape[0])), None)
+        vision = _Tower(hub.build_resnet50(int(fc.shape[0])), None)
         vision_source = "torchvision resnet50"
 
     net = MedCLIPNet(vision, text)
