@@ -156,18 +156,26 @@ def _settings(config: pytest.Config) -> Any:
         settings = replace(settings, search=replace(settings.search, enabled=examples > 0, max_examples=max(1, examples)))
     if config.getoption("medrobust_no_cache"):
         settings = replace(settings, cache=False)
+    home = _project_dir(config)
     if not settings.cache_dir.is_absolute():
-        settings = replace(settings, cache_dir=config.rootpath / settings.cache_dir)
+        settings = replace(settings, cache_dir=home / settings.cache_dir)
     validate_names(settings)
     if settings.baseline.path is not None:
         from .reporting.baseline import load_baseline
 
         load_baseline(settings.baseline.path)  # a corrupt or wrong-schema file fails now
     if not settings.report_dir.is_absolute():
-        settings = replace(settings, report_dir=config.rootpath / settings.report_dir)
+        settings = replace(settings, report_dir=home / settings.report_dir)
     if not hasattr(config, "workerinput"):
         _check_writable(settings.report_dir)
     return settings
+
+
+def _project_dir(config: pytest.Config) -> Path:
+    """Where the default reports/ and .medrobust_cache/ go: the folder of pytest's config file,
+    else the folder pytest was started in. Not the rootdir: pytest may move it when an option's
+    value is an existing path given as ``--option PATH`` (an unknown option at that stage)."""
+    return config.inipath.parent if config.inipath is not None else config.invocation_params.dir
 
 
 def _check_writable(directory: Path) -> None:
