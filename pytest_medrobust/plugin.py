@@ -7,8 +7,6 @@ not imported. With it, :class:`GatePlugin` is registered for the session.
 from __future__ import annotations
 
 import contextlib
-import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +107,10 @@ def pytest_configure(config: pytest.Config) -> None:
         # Send every cell of a model (one collector per model) to one worker, which then loads
         # that model once. Other tests are grouped by module, as loadscope does.
         config.option.dist = "loadscope"
+    from .config import settings_from_pytest
+
     try:
-        settings = _settings(config)
+        settings = settings_from_pytest(config, _CLI_KEYS)
     except MedrobustError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.pluginmanager.register(GatePlugin(config, settings), "medrobust-gate")
@@ -119,74 +119,6 @@ def pytest_configure(config: pytest.Config) -> None:
 def _dist_given(config: pytest.Config) -> bool:
     """Whether the user chose --dist explicitly (then it is kept as given)."""
     return any(a == "--dist" or a.startswith("--dist=") or a == "--distload" for a in config.invocation_params.args)
-
-
-def _settings(config: pytest.Config) -> Any:
-    from .config import build_settings, validate_names
-
-    cli = {key: config.getoption(dest) for dest, key in _CLI_KEYS.items()}
-    cli["bootstrap"] = config.getoption("medrobust_bootstrap")
-    dataset_cli = {
-        key: config.getoption(dest)
-        for dest, key in (("medrobust_limit", "limit"), ("medrobust_on_bad_rows", "on_bad_rows"))
-        if config.getoption(dest) is not None
-    }
-    baseline = {
-        key: config.getoption(dest)
-        for dest, key in (
-            ("medrobust_baseline", "path"),
-            ("medrobust_save_baseline", "save_path"),
-            ("medrobust_baseline_tolerance", "tolerance_abs"),
-            ("medrobust_allow_baseline_mismatch", "allow_dataset_mismatch"),
-        )
-        if config.getoption(dest) is not None
-    }
-    cli["baseline"] = baseline or None
-    inipath = config.inipath
-    pyproject = inipath if inipath is not None and inipath.name == "pyproject.toml" else config.rootpath / "pyproject.toml"
-    settings = build_settings(pyproject, config.getoption("medrobust_config"), cli, config.invocation_params.dir)
-    if dataset_cli:
-        if dataset_cli.get("limit", 1) < 1:
-            raise MedrobustError(f"--medrobust-limit must be >= 1, got {dataset_cli['limit']}")
-        settings = replace(settings, dataset_options={**settings.dataset_options, **dataset_cli})
-    examples = config.getoption("medrobust_search_examples")
-    if examples is not None:
-        if examples < 0:
-            raise MedrobustError(f"--medrobust-search-examples must be >= 0, got {examples}")
-        settings = replace(settings, search=replace(settings.search, enabled=examples > 0, max_examples=max(1, examples)))
-    if config.getoption("medrobust_no_cache"):
-        settings = replace(settings, cache=False)
-    home = _project_dir(config)
-    if not settings.cache_dir.is_absolute():
-        settings = replace(settings, cache_dir=home / settings.cache_dir)
-    validate_names(settings)
-    if settings.baseline.path is not None:
-        from .reporting.baseline import load_baseline
-
-        load_baseline(settings.baseline.path)  # a corrupt or wrong-schema file fails now
-    if not settings.report_dir.is_absolute():
-        settings = replace(settings, report_dir=home / settings.report_dir)
-    if not hasattr(config, "workerinput"):
-        _check_writable(settings.report_dir)
-    return settings
-
-
-def _project_dir(config: pytest.Config) -> Path:
-    """Where the default reports/ and .medrobust_cache/ go: the folder of pytest's config file,
-    else the folder pytest was started in. Not the rootdir: pytest may move it when an option's
-    value is an existing path given as ``--option PATH`` (an unknown option at that stage)."""
-    return config.inipath.parent if config.inipath is not None else config.invocation_params.dir
-
-
-def _check_writable(directory: Path) -> None:
-    """Fail before the grid runs, not after, when the reports cannot be written."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / f".medrobust-write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise MedrobustError(f"--medrobust-report-dir {directory} is not writable: {exc}") from exc
 
 
 class GatePlugin:
