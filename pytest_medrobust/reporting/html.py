@@ -292,9 +292,15 @@ def _interval(cell: Mapping, metric: str) -> tuple[float, float] | None:
 def _required(threshold: Mapping, metric: str = "") -> tuple[float | None, float | None]:
     """(absolute minimum, value the retention threshold requires) of one metric's thresholds.
 
-    Retention needs ``clean x r`` for recalls and at most ``clean / r`` for ranks.
+    The minimum is the larger of ``min`` and the floor ``above_chance`` sets on a recall,
+    ``chance + a x (1 - chance)``. Retention needs ``clean x r`` for recalls and at most
+    ``clean / r`` for ranks.
     """
     minimum = as_number(threshold.get("min"))
+    above, chance = as_number(threshold.get("above_chance")), as_number(threshold.get("chance"))
+    if above is not None and chance is not None and not lower_is_better(metric):
+        floor = chance + above * (1.0 - chance)
+        minimum = floor if minimum is None else max(minimum, floor)
     retention, clean = as_number(threshold.get("retention")), as_number(threshold.get("clean"))
     if retention is None or clean is None:
         return minimum, None
@@ -1002,7 +1008,7 @@ def _curves(report: _Report) -> str:
     out = [
         '<p class="note">Each line is one model: the measured metric at each occlusion level, with its '
         f"bootstrap {_e(report.confidence_text)} as a shaded band. The red dashed line is the minimum "
-        "threshold; a dotted line in a model's colour is its retention threshold (clean value × r). "
+        "threshold (the larger of min and the above-chance floor); a dotted line in a model's colour is its retention threshold (clean value × r). "
         "Ringed points failed the gate. Hover a point for its exact value.</p>"
     ]
     for p_index, patch in enumerate(report.patches):

@@ -509,3 +509,12 @@ def test_rank_primary_metric_falls_back_to_a_recall_chart(sample_results):
     root = parse(render_html(sample_results))
     charts = [n for n in root.find_all("svg") if {"chart"} == n.classes()]
     assert {n.attrs["data-metric"] for n in charts} == {"i2t_unique_R@1"}
+
+
+def test_the_minimum_line_includes_the_above_chance_floor():
+    from pytest_medrobust.reporting.html import _required
+
+    minimum, _ = _required({"above_chance": 0.1, "chance": 0.023}, "i2t_unique_R@5")
+    assert minimum == pytest.approx(0.023 + 0.1 * 0.977)
+    minimum, _ = _required({"above_chance": 0.1, "chance": 0.023, "min": 0.3}, "i2t_unique_R@5")
+    assert minimum == 0.3
