@@ -65,7 +65,13 @@ def merge_shards(paths: Sequence[Path]) -> tuple[dict[str, Any], list[dict[str, 
     first_path, first = shards[0]
     _check_shards_complete(shards)
     records: dict[str, dict[str, Any]] = {}
+    weights: dict[str, tuple[str, Path]] = {}
     for path, data in shards:
+        for name, card in (data.get("models") or {}).items():
+            sha = (card or {}).get("sha256")
+            if name in weights and sha != weights[name][0]:
+                raise MedrobustError(f"{path}: model {name!r} has other weights (sha256) than in {weights[name][1]}")
+            weights.setdefault(name, (sha, path))
         if data.get("seed") != first.get("seed"):
             raise MedrobustError(f"{path}: seed {data.get('seed')!r} differs from {first_path}'s {first.get('seed')!r}")
         sha = (data.get("dataset") or {}).get("sha256")

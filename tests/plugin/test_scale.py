@@ -128,3 +128,25 @@ def test_bad_shard_option_is_a_usage_error(project):
     result = project.runpytest("--medrobust", "--medrobust-shard", "3/2")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "--medrobust-shard: expected i/n with 1 <= i <= n" in result.stderr.str()
+
+
+def test_merge_refuses_shards_with_different_model_weights(tmp_path, capsys):
+    from pytest_medrobust.cli import main
+
+    def shard(i, sha):
+        return {"schema": 1, "seed": 0, "dataset": {"sha256": "aa"}, "config": {"shard": f"{i}/2"},
+                "models": {"m": {"sha256": sha}}, "cells": []}
+
+    (tmp_path / "a.json").write_text(json.dumps(shard(1, "111")))
+    (tmp_path / "b.json").write_text(json.dumps(shard(2, "222")))
+    assert main(["merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "-o", str(tmp_path / "m")]) == 2
+    assert "model 'm' has other weights" in capsys.readouterr().err
+
+
+def test_merge_refuses_a_missing_shard(tmp_path, capsys):
+    from pytest_medrobust.cli import main
+
+    one = {"schema": 1, "seed": 0, "dataset": {"sha256": "aa"}, "config": {"shard": "1/2"}, "cells": []}
+    (tmp_path / "a.json").write_text(json.dumps(one))
+    assert main(["merge", str(tmp_path / "a.json"), "-o", str(tmp_path / "m")]) == 2
+    assert "shard(s) 2 missing" in capsys.readouterr().err
