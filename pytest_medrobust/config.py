@@ -195,19 +195,10 @@ def parse_patches(value: Any, where: str) -> tuple[str, ...]:
 
 
 def parse_ks(value: Any, where: str) -> tuple[int, ...]:
-    items = _items(value, where)
-    ks = []
-    for item in items:
-        try:
-            k = int(item)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: k value {item!r} is not an integer") from None
-        if k < 1:
-            raise ConfigError(f"{where}: k must be >= 1, got {k}")
-        ks.append(k)
+    ks = {parse_int(item, where, 1) for item in _items(value, where)}
     if not ks:
         raise ConfigError(f"{where}: no k values given")
-    return tuple(sorted(set(ks)))
+    return tuple(sorted(ks))
 
 
 def parse_shard(value: Any, where: str) -> tuple[int, int] | None:
