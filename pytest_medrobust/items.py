@@ -92,7 +92,8 @@ class CellItem(pytest.Item):
         return {"id": c.id, "kind": c.kind, "model": c.model, "patch": c.patch, "level": c.level}
 
     def judge(self, measurement: Measurement) -> Verdict:
-        """Thresholds (on the point estimate or the bootstrap lower bound) and the baseline."""
+        """The cell's thresholds, on the point estimate or the bootstrap lower bound (the baseline
+        is checked in :meth:`finish`, once per cell, not per search example)."""
         c = self.cell
         clean = self.runner.clean(c.model).metrics if c.level > 0 else None
         intervals = self.runner.intervals(measurement)

@@ -158,10 +158,9 @@ class GridRunner:
             raise self._dataset_error
         if self._dataset is None:
             try:
-                # The subset of --medrobust-limit follows the run's seed unless the options set one.
-                options = {"seed": self.settings.seed, **self.settings.dataset_options}
-                if "limit" not in options:
-                    options.pop("seed")
+                options = dict(self.settings.dataset_options)
+                if "limit" in options:  # the subset follows the run's seed unless the options set one
+                    options.setdefault("seed", self.settings.seed)
                 if self.settings.cache:
                     options.setdefault("cache_dir", self.settings.cache_dir)
                 self._dataset = load_dataset(self.settings.dataset, **options)
@@ -230,15 +229,7 @@ class GridRunner:
     def image_stats(self, name: str) -> dict[str, float]:
         """Dataset intensity mean and std at the model's input size, for fills such as gray_box."""
         if name not in self._stats:
-            pixels = self.pixels(self.model(name))
-            total = squares = 0.0
-            for start in range(0, len(pixels), 256):  # chunks: no float copy of the whole dataset
-                chunk = pixels[start : start + 256].double().div_(255.0)
-                total += float(chunk.sum())
-                squares += float((chunk * chunk).sum())
-            n = max(pixels.numel(), 1)
-            mean = total / n
-            self._stats[name] = {"mean": mean, "std": max(squares / n - mean * mean, 0.0) ** 0.5}
+            self._stats[name] = occlusion.ImageStats().update(self.pixels(self.model(name))).as_dict()
         return self._stats[name]
 
     def prepare(self, name: str) -> None:
@@ -262,7 +253,9 @@ class GridRunner:
                 bs = self.settings.batch_size
                 return torch.cat([self._forward(model.encode_texts, texts[i : i + bs]) for i in range(0, len(texts), bs)])
 
-            self._texts[name] = (self._cached(name, {"kind": "text"}, compute).to(self.device), index)
+            embeddings = self._cached(name, {"kind": "text"}, compute)
+            _check_finite(name, "text", embeddings, texts, "")
+            self._texts[name] = (embeddings.to(self.device), index)
         return self._texts[name]
 
     def image_embeddings(self, name: str, occluder: Occluder, label: str) -> torch.Tensor:
@@ -294,7 +287,6 @@ class GridRunner:
         images = self.image_embeddings(name, occluder, label)
         cached = self.cache.last_hit
         _check_finite(name, "image", images, self.dataset().ids, label)
-        _check_finite(name, "text", texts, unique_texts(self.dataset().reports)[0], "")
         ranks = compute_ranks(images.to(self.device), texts, index)
         metrics = summarize(ranks, self.settings.ks)
         return Measurement(metrics, ranks, len(index), time.perf_counter() - started, cached=cached)
