@@ -46,8 +46,6 @@ class EmbeddingCache:
 
     def __init__(self, root: Path | None):
         self.root = Path(root) if root is not None else None
-        self.hits = 0
-        self.misses = 0
         self.last_hit = False  # whether the last get_or_compute read the cache
 
     @property
@@ -71,9 +69,7 @@ class EmbeddingCache:
                 if found is None:
                     value = compute()
                     self._write(path, key, value, fields)
-                    self.misses += 1
                     return value
-        self.hits += 1
         self.last_hit = True
         return found
 
