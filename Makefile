@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test fixtures models clean
+.PHONY: demo test lint fixtures models clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,12 +16,17 @@ $(STAMP): pyproject.toml
 # pytest exits 1 when the gate fails, which the demo does on purpose (demo-plain is not robust);
 # any other status (usage error, crash, no tests) fails the target.
 demo: $(STAMP)
-	@$(BIN)/pytest --medrobust-only; status=$$?; \
+	@$(BIN)/pytest --medrobust-only --medrobust-config=fixtures/demo.toml; status=$$?; \
 	if [ $$status -eq 1 ]; then echo "make demo: the gate failed cells, as the demo intends; see reports/medrobust.html"; \
 	elif [ $$status -ne 0 ]; then exit $$status; fi
 
 test: $(STAMP)
 	$(BIN)/pytest -n 2 tests
+
+# Static checks (configured in pyproject.toml): ruff on the whole tree, mypy on the package.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # Regenerate the bundled default from scratch (bit-for-bit for the phantoms).
 fixtures: $(STAMP)
@@ -31,4 +36,4 @@ models: $(STAMP)
 	$(BIN)/python scripts/train_demo_models.py
 
 clean:
-	rm -rf $(VENV) reports/medrobust.* .medrobust_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) reports/medrobust.* .medrobust_cache .pytest_cache .hypothesis .mypy_cache .ruff_cache

@@ -97,7 +97,7 @@ def mask_specs(draw, level: Any, height: Any, width: Any, patch: Any = "black_bo
     if height < 1 or width < 1:
         raise ValueError(f"image size must be at least 1x1, got {height}x{width}")
     base = make_patch(_value(draw, patch))
-    specs = getattr(base, "option_specs", lambda: {})()
+    specs: dict[str, Any] = getattr(base, "option_specs", lambda: {})()
     if "aspect" in specs and "aspect" not in options:
         options = {**options, "aspect": draw(st.sampled_from((1.0, 0.5, 2.0, 0.25, 4.0)))}
     p = make_patch(base, **options) if options else base

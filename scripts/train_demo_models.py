@@ -83,7 +83,8 @@ def contrastive_loss(model: DemoDualEncoder, images: torch.Tensor, texts: list[s
 def clean_metrics(model: DemoDualEncoder) -> dict[str, float]:
     dataset = load_manifest(bundled_phantom_manifest(), name="phantom")
     pixels = decode_dataset(dataset, model.input_size, model.geometry)
-    images = torch.cat([model.encode_images(to_batch(pixels, slice(i, i + 256), torch.device("cpu"))) for i in range(0, len(pixels), 256)])
+    cpu = torch.device("cpu")
+    images = torch.cat([model.encode_images(to_batch(pixels, slice(i, i + 256), cpu)) for i in range(0, len(pixels), 256)])
     texts, index = unique_texts(dataset.reports)
     return retrieval_metrics(images, model.encode_texts(texts), index)
 

@@ -62,7 +62,7 @@ def test_different_index_or_seed_gives_different_images():
 def test_order_independence():
     forward = [generate_study(5, i, 64) for i in (0, 1, 2, 3)]
     backward = [generate_study(5, i, 64) for i in (3, 2, 1, 0)][::-1]
-    for x, y in zip(forward, backward):
+    for x, y in zip(forward, backward, strict=True):
         assert x.image.tobytes() == y.image.tobytes() and x.report == y.report
 
 
@@ -249,7 +249,7 @@ def test_each_finding_is_visible_at_128px(kind):
     keep = tuple(x for x in findings if x.kind != kind)
     anatomy_without = phantom._Anatomy()
     anatomy_without.__dict__.update(anatomy.__dict__)
-    anatomy_without.fx = [g for x, g in zip(findings, anatomy.fx) if x.kind != kind]
+    anatomy_without.fx = [g for x, g in zip(findings, anatomy.fx, strict=True) if x.kind != kind]
     with_it = phantom._render(anatomy, findings, 256).reshape(128, 2, 128, 2).mean(axis=(1, 3))
     without = phantom._render(anatomy_without, keep, 256).reshape(128, 2, 128, 2).mean(axis=(1, 3))
     changed = np.abs(with_it - without) > 12 / 255

@@ -67,7 +67,7 @@ def fit(image: Image.Image, size: tuple[int, int], geometry: str) -> Image.Image
     if geometry == "crop":
         scale = max(th / h, tw / w)
         rw, rh = max(tw, round(w * scale)), max(th, round(h * scale))
-        resized = image.resize((rw, rh), Image.BICUBIC)
+        resized = image.resize((rw, rh), Image.Resampling.BICUBIC)
         left, top = (rw - tw) // 2, (rh - th) // 2
         return resized.crop((left, top, left + tw, top + th))
     if geometry == "pad":
@@ -75,7 +75,7 @@ def fit(image: Image.Image, size: tuple[int, int], geometry: str) -> Image.Image
         ph, pw = (max(h, round(w * th / tw)), max(w, round(h * tw / th)))
         canvas = Image.new("L", (pw, ph), 0)
         canvas.paste(image, ((pw - w) // 2, (ph - h) // 2))
-        return canvas.resize((tw, th), Image.BICUBIC)
+        return canvas.resize((tw, th), Image.Resampling.BICUBIC)
     raise ValueError(f"geometry must be 'crop' or 'pad', got {geometry!r}")
 
 

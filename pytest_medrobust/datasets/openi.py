@@ -110,7 +110,7 @@ def load_openi(
         problem = None if text else f"{section!r} text is empty ({study.uid})"
         chosen = study.images[:1] if one_image_per_study else study.images
         for image_id in chosen:
-            image_path = images / f"{image_id}.png"
+            image_path: Path | None = images / f"{image_id}.png"
             image_problem = None
             if "/" in image_id or "\\" in image_id or image_id in (".", ".."):
                 image_problem, image_path = f"image id {image_id!r} is not a plain file name", None

@@ -33,9 +33,10 @@ import io
 import math
 import os
 import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -71,6 +72,8 @@ SEVERITIES = {
 # Which attributes each kind carries (the others are None).
 _HAS_SIDE = {"effusion", "pneumothorax", "consolidation", "nodule", "pacemaker", "central_line"}
 _HAS_ZONE = {"consolidation", "nodule"}
+
+_T = TypeVar("_T")
 
 _SALT = 0x70_68_61_6E  # "phan": keeps these streams apart from other users of the same seed
 _MIN_SIZE = 16
@@ -132,6 +135,13 @@ class PhantomStudy:
         return hash((self.id, self.findings, self.report))
 
 
+def _attr(value: str | None) -> str:
+    """A finding's side, zone or severity where its kind always has one (``Finding`` checks this)."""
+    if value is None:
+        raise AssertionError("finding attribute missing although its kind requires it")
+    return value
+
+
 def findings_summary(findings: Iterable[Finding]) -> str:
     """A compact one-line label, e.g. ``"effusion(left,small); nodule(right,upper)"`` or ``"normal"``."""
     parts = []
@@ -170,11 +180,11 @@ _KIND_WEIGHTS = np.array([0.16, 0.18, 0.10, 0.20, 0.14, 0.10, 0.12])
 _KIND_WEIGHTS = _KIND_WEIGHTS / _KIND_WEIGHTS.sum()
 
 
-def _pick(rng: np.random.Generator, options: Sequence, p: Sequence[float] | None = None):
+def _pick(rng: np.random.Generator, options: Sequence[_T], p: Sequence[float] | None = None) -> _T:
     if p is None:
         return options[int(rng.integers(len(options)))]
-    p = np.asarray(p, dtype=float)
-    return options[int(rng.choice(len(options), p=p / p.sum()))]
+    weights = np.asarray(p, dtype=float)
+    return options[int(rng.choice(len(options), p=weights / weights.sum()))]
 
 
 def _sample_findings(rng: np.random.Generator) -> tuple[Finding, ...]:
@@ -240,7 +250,78 @@ _SIGN = (-1.0, 1.0)
 
 
 class _Anatomy:
-    """Plain bag of sampled parameters (size-independent)."""
+    """Plain bag of sampled parameters (size-independent), filled in by ``_sample_anatomy``.
+
+    Per-side lists are indexed 0 = right, 1 = left; lengths and positions are anatomical units.
+    """
+
+    # positioning
+    tx: float
+    ty: float
+    rot: float
+    scale: float
+    # habitus, soft tissue, shoulders and arms
+    habitus: float
+    torso_w: float
+    shoulder_w: float
+    soft: float
+    neck_w: float
+    shoulder_y: float
+    shoulder_slope: float
+    arm_c: float
+    arm_vis: float
+    arm_w: float
+    breast: float
+    breast_y: float
+    # lungs
+    apex: list[float]
+    base: list[float]
+    dome: list[float]
+    s0: list[float]
+    med: list[float]
+    lat: list[float]
+    lat_span: float
+    air: float
+    tex: np.ndarray
+    # heart and mediastinum
+    heart_ext: list[float]
+    heart_peak: list[float]
+    heart_tuck: list[float]
+    heart_bot: float
+    heart_top: float
+    heart_dens: float
+    knob: tuple[float, float, float]
+    hila: list[tuple[float, float]]
+    # bones
+    rib_phase: float
+    rib_sp: float
+    rib_curve: float
+    spine_w: float
+    vert_phase: float
+    clav: list[list[tuple[float, float]]]
+    clav_y: float
+    clav_w: float
+    humerus: list[tuple[float, float, float]]
+    # abdomen and vessels
+    body_tex: np.ndarray
+    bubble: tuple[float, float, float] | None
+    bowel: list[tuple[float, float, float]]
+    vessels: list[list[np.ndarray]]
+    # exposure and film
+    kexp: float
+    gamma: float
+    contrast: float
+    bright: float
+    blur: float
+    grain: float
+    heel: float
+    marker: str
+    marker_xy: tuple[float, float]
+    # findings: per-finding geometry (aligned with the findings tuple), and what lesions must avoid
+    fx: list[dict[str, Any]]
+    ptx: dict[int, dict[str, float]]
+    effusions: dict[int, dict[str, float]]
+    generators: list[tuple[float, float, float, float]]
 
 
 def _gfun(t, span):
@@ -333,7 +414,7 @@ def _sample_anatomy(rng: np.random.Generator, findings: tuple[Finding, ...]) -> 
     a.vert_phase = u(0.0, 1.0)
     clav_y = min(a.apex) + u(0.03, 0.06)
     shapes = []
-    for k in (0, 1):
+    for _ in (0, 1):
         lift = u(0.02, 0.05)
         shapes.append([(0.04, 0.045), (0.1, 0.04), (0.19, 0.015), (0.28, -lift * 0.6), (0.37, -lift)])
     # keep both clavicles under the skin of the shoulders
@@ -363,11 +444,12 @@ def _sample_anatomy(rng: np.random.Generator, findings: tuple[Finding, ...]) -> 
     a.marker_xy = (u(0.0, 0.03), u(0.0, 0.03))
     # Finding geometry.
     # (devices, pleural findings first, so that lung lesions can be placed where they stay visible)
-    a.fx = [None] * len(findings)
     a.ptx, a.effusions, a.generators = {}, {}, []
     order = sorted(range(len(findings)), key=lambda i: findings[i].kind in ("consolidation", "nodule"))
+    geometry: dict[int, dict[str, Any]] = {}
     for i in order:
-        a.fx[i] = _finding_geometry(rng, a, findings[i])
+        geometry[i] = _finding_geometry(rng, a, findings[i])
+    a.fx = [geometry[i] for i in range(len(findings))]
     return a
 
 
@@ -403,7 +485,7 @@ def _finding_geometry(rng: np.random.Generator, a: _Anatomy, f: Finding) -> dict
     if f.kind == "effusion":
         # Fluid top above the lateral costophrenic angle: (medial end, extra rise at the lateral wall).
         drop, rise = {"small": (u(-0.02, 0.0), u(0.075, 0.095)), "moderate": (u(0.1, 0.14), u(0.07, 0.1)),
-                      "large": (u(0.24, 0.3), u(0.09, 0.12))}[f.severity]
+                      "large": (u(0.24, 0.3), u(0.09, 0.12))}[_attr(f.severity)]
         g = {"drop_med": drop, "rise_lat": rise, "grad": u(0.04, 0.07)}
         a.effusions[k] = g
         return g
@@ -418,7 +500,7 @@ def _finding_geometry(rng: np.random.Generator, a: _Anatomy, f: Finding) -> dict
         # Rejection-sample a spot inside the lung's zone that no other finding hides.
         r = u(0.017, 0.024) if f.kind == "nodule" else u(0.045, 0.065)
         for attempt in range(100):
-            t = u(*_zone_t(f.zone))
+            t = u(*_zone_t(_attr(f.zone)))
             med, lat, y = _lung_extent(a, k, t)
             # first in the lung's middle third, then anywhere across the zone
             lo, hi = (0.38, 0.75) if attempt < 40 else (0.1, 0.9)
@@ -484,17 +566,18 @@ def _lesion_visible(a: _Anatomy, k: int, s: float, y: float, r: float, t: float)
 def _smooth_path(pts: Sequence[tuple[float, float]], steps: int = 8) -> list[tuple[float, float]]:
     """A Catmull-Rom spline through the points (as a dense polyline)."""
     p = [pts[0]] + list(pts) + [pts[-1]]
-    out = []
+    out: list[tuple[float, float]] = []
     for i in range(1, len(p) - 2):
         p0, p1, p2, p3 = p[i - 1], p[i], p[i + 1], p[i + 2]
         for j in range(steps):
             t = j / steps
             t2, t3 = t * t, t * t * t
-            out.append(tuple(
+            x, y = (
                 0.5 * (2 * p1[d] + (-p0[d] + p2[d]) * t + (2 * p0[d] - 5 * p1[d] + 4 * p2[d] - p3[d]) * t2
                        + (-p0[d] + 3 * p1[d] - 3 * p2[d] + p3[d]) * t3)
-                for d in (0, 1)))
-    out.append(tuple(pts[-1]))
+                for d in (0, 1))
+            out.append((x, y))
+    out.append((pts[-1][0], pts[-1][1]))
     return out
 
 
@@ -529,7 +612,7 @@ def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def _upsample(field: np.ndarray, R: int) -> np.ndarray:
-    return np.asarray(Image.fromarray(field).resize((R, R), Image.BICUBIC), dtype=np.float32)
+    return np.asarray(Image.fromarray(field).resize((R, R), Image.Resampling.BICUBIC), dtype=np.float32)
 
 
 class _Frame:
@@ -677,10 +760,10 @@ def _render(a: _Anatomy, findings: tuple[Finding, ...], R: int) -> np.ndarray:
     for i, f in enumerate(findings):
         g = fx[i]
         if f.kind == "consolidation":
-            bx = [b[0] for b in g["blobs"]]
-            by = [b[1] for b in g["blobs"]]
+            blob_x = [b[0] for b in g["blobs"]]
+            blob_y = [b[1] for b in g["blobs"]]
             m = 3.2 * max(b[2] for b in g["blobs"])
-            win = fr.box((min(bx) - m, max(bx) + m), (min(by) - m, max(by) + m))
+            win = fr.box((min(blob_x) - m, max(blob_x) + m), (min(blob_y) - m, max(blob_y) + m))
             if win is None:
                 continue
             sx, y = SX[win], Y[win]
@@ -725,7 +808,7 @@ def _render(a: _Anatomy, findings: tuple[Finding, ...], R: int) -> np.ndarray:
         D[win] += 0.24 * spine + 0.1 * ped - (0.4 * a.soft) * trach
 
     # ---- gastric bubble and bowel gas --------------------------------------------------------------
-    blobs = []
+    blobs: list[tuple[float, float, float, bool]] = []
     if a.bubble is not None:
         bx, bdy, br = a.bubble
         blobs.append((bx, a.base[1] - a.dome[1] + bdy, br, True))
@@ -972,34 +1055,34 @@ def _compose_report(findings: tuple[Finding, ...], rng: np.random.Generator) -> 
     effusions = [f for f in findings if f.kind == "effusion"]
     for f in findings:
         if f.kind == "cardiomegaly":
-            kw = {"sev": f.severity, "adv": _ADVERB[f.severity]}
+            kw = {"sev": _attr(f.severity), "adv": _ADVERB[_attr(f.severity)]}
             heart.append(_fmt(_pick(rng, _CARDIO_FIND), **kw))
             impression.append(_fmt(_pick(rng, _CARDIO_IMP), **kw))
         elif f.kind == "effusion":
             if len(effusions) == 2:
                 if f is effusions[0]:
-                    kw = {"sevr": effusions[0].severity, "sevl": effusions[1].severity}
+                    kw = {"sevr": _attr(effusions[0].severity), "sevl": _attr(effusions[1].severity)}
                     pleura.append(_fmt(_pick(rng, _EFF_FIND_BI), **kw))
                     impression.append(_fmt(_pick(rng, _EFF_IMP_BI), **kw))
             else:
-                kw = {"sev": f.severity, "side": f.side}
+                kw = {"sev": _attr(f.severity), "side": _attr(f.side)}
                 pleura.append(_fmt(_pick(rng, _EFF_FIND), **kw))
                 impression.append(_fmt(_pick(rng, _EFF_IMP), **kw))
         elif f.kind == "pneumothorax":
-            kw = {"sev": f.severity, "side": f.side}
+            kw = {"sev": _attr(f.severity), "side": _attr(f.side)}
             pleura.append(_fmt(_pick(rng, _PTX_FIND), **kw))
             impression.append(_fmt(_pick(rng, _PTX_IMP), **kw))
         elif f.kind in ("consolidation", "nodule"):
-            loc = _pick(rng, _LOC[f.zone]).format(side=f.side)
+            loc = _pick(rng, _LOC[_attr(f.zone)]).format(side=f.side)
             find_t, imp_t = (_CONS_FIND, _CONS_IMP) if f.kind == "consolidation" else (_NOD_FIND, _NOD_IMP)
             lungs.append(_fmt(_pick(rng, find_t), loc=loc))
             impression.append(_fmt(_pick(rng, imp_t), loc=loc))
         elif f.kind == "pacemaker":
-            devices.append(_fmt(_pick(rng, _PACER_FIND), side=f.side))
-            impression.append(_fmt(_pick(rng, _PACER_IMP), side=f.side))
+            devices.append(_fmt(_pick(rng, _PACER_FIND), side=_attr(f.side)))
+            impression.append(_fmt(_pick(rng, _PACER_IMP), side=_attr(f.side)))
         elif f.kind == "central_line":
-            devices.append(_fmt(_pick(rng, _LINE_FIND), side=f.side))
-            impression.append(_fmt(_pick(rng, _LINE_IMP), side=f.side))
+            devices.append(_fmt(_pick(rng, _LINE_FIND), side=_attr(f.side)))
+            impression.append(_fmt(_pick(rng, _LINE_IMP), side=_attr(f.side)))
     if "cardiomegaly" not in present and rng.random() < 0.8:
         heart.append(_pick(rng, _HEART_NORMAL))
     if lungs and rng.random() < 0.5:

@@ -67,7 +67,7 @@ def split_sections(text: str) -> list[tuple[str, str]]:
     """``[(HEADER, body), ...]`` of a free-text report, in order; bodies are raw text."""
     matches = list(_HEADER.finditer(text))
     sections = []
-    for match, following in zip(matches, matches[1:] + [None]):
+    for match, following in zip(matches, matches[1:] + [None], strict=True):
         end = following.start() if following is not None else len(text)
         name = " ".join(match.group(1).split())
         sections.append((name, text[match.end() : end]))

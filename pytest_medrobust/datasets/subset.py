@@ -194,7 +194,7 @@ def build_dataset(
             step = max(1, min(256, len(batch) // (4 * (workers or 8)) or 1))
             chunks = [batch[k : k + step] for k in range(0, len(batch), step)]
             results = [r for part in pool.map(lambda c: [check(rows[i]) for i in c], chunks) for r in part]
-            for i, result in zip(batch, results):
+            for i, result in zip(batch, results, strict=True):
                 if isinstance(result, Record):
                     kept.append((i, result))
                 else:

@@ -188,12 +188,15 @@ class MaskSpec:
     def level(self) -> float:
         return self.area / (self.height * self.width)
 
+    def _primitives(self) -> tuple[Box | Bitmap, ...]:
+        return (*self.boxes, *self.bitmaps)
+
     def in_bounds(self) -> bool:
-        return all(_in_bounds(p.top, p.left, p.height, p.width, self.height, self.width) for p in (*self.boxes, *self.bitmaps))
+        return all(_in_bounds(p.top, p.left, p.height, p.width, self.height, self.width) for p in self._primitives())
 
     def bbox(self) -> Box | None:
         """The smallest box holding every primitive (None for an empty mask)."""
-        prims = [p for p in (*self.boxes, *self.bitmaps) if p.height and p.width]
+        prims = [p for p in self._primitives() if p.height and p.width]
         if not prims:
             return None
         top, left = min(p.top for p in prims), min(p.left for p in prims)
@@ -294,7 +297,8 @@ def fill_free(occupied: np.ndarray, need: int, start: int) -> tuple[Box, ...]:
     starts = np.concatenate([[0], breaks])
     ends = np.concatenate([breaks, [chosen.size]])
     return tuple(
-        Box(int(chosen[s] // width), int(chosen[s] % width), 1, int(e - s)) for s, e in zip(starts.tolist(), ends.tolist())
+        Box(int(chosen[s] // width), int(chosen[s] % width), 1, int(e - s))
+        for s, e in zip(starts.tolist(), ends.tolist(), strict=True)
     )
 
 

@@ -278,7 +278,7 @@ class BlurFill(Fill):
             return images
         H, W = images.shape[-2:]
         crops = gaussian_blur(images, float(options["sigma"]) * min(H, W), regions)
-        for (i, t, b, l, r), blurred in zip(regions, crops):
+        for (i, t, b, l, r), blurred in zip(regions, crops, strict=True):
             region = images[i, :, t:b, l:r]
             region.copy_(torch.where(masks[i, :, t:b, l:r], blurred.to(images.dtype), region))
         return images
@@ -452,8 +452,8 @@ class EraseGeometry(Geometry):
             return MaskSpec(height, width)
         n = int(count if count is not None else options["count"])
         log_ma = math.log(float(options["max_aspect"]))
-        shares = split_area(area, rng.uniform(0.5, 1.5, n))
-        shares = sorted((int(s) for s in shares if s > 0), reverse=True)
+        split = split_area(area, rng.uniform(0.5, 1.5, n))
+        shares = sorted((int(s) for s in split if s > 0), reverse=True)
         occupied = np.zeros((height, width), dtype=bool)
         boxes: list[Box] = []
         covered = 0

@@ -81,8 +81,10 @@ def parse_patch_spec(text: str) -> tuple[str, dict[str, Any]]:
     try:
         call = ast.parse(f"_({args})", mode="eval").body
         assert isinstance(call, ast.Call) and not call.args
-        options = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
-        assert None not in options
+        options: dict[str, Any] = {}
+        for kw in call.keywords:
+            assert kw.arg is not None  # a **mapping is not an option
+            options[kw.arg] = ast.literal_eval(kw.value)
     except (SyntaxError, ValueError, AssertionError):
         raise OcclusionError(
             f"patch specification {text!r}: options must be option=literal pairs, e.g. grid_cutout(cells=4)"

@@ -174,6 +174,6 @@ def test_render_masks_batch():
     specs = occlusion.plan_masks("grid_cutout", 0.3, ["a", "b", "c"], 30, 40, 0)
     masks = occlusion.render_masks(specs)
     assert masks.shape == (3, 1, 30, 40) and masks.dtype == torch.bool
-    for m, s in zip(masks, specs):
+    for m, s in zip(masks, specs, strict=True):
         assert np.array_equal(m[0].numpy(), s.to_numpy())
     assert int(masks.sum()) == 3 * 360
