@@ -31,9 +31,10 @@ def test_auto_is_the_cpu_without_cuda(monkeypatch):
         resolve_device("cuda", None)
 
 
-def test_mixed_precision_only_on_cuda_by_default(two_gpus):
+def test_fp32_by_default_and_mixed_precision_only_when_asked(two_gpus):
     assert autocast_dtype("auto", torch.device("cpu")) is None
-    assert autocast_dtype("auto", torch.device("cuda", 0)) is torch.bfloat16
+    assert autocast_dtype("auto", torch.device("cuda", 0)) is None
+    assert autocast_dtype("bf16", torch.device("cuda", 0)) is torch.bfloat16
     assert autocast_dtype("fp16", torch.device("cuda", 0)) is torch.float16
     assert autocast_dtype("fp32", torch.device("cuda", 0)) is None
 

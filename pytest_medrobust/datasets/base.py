@@ -58,7 +58,7 @@ class Dataset:
         if self._sha256 is None:
             digests = file_digests([r.image for r in self.records], self.cache_dir, self.source)
             h = hashlib.sha256()
-            for r, digest in zip(self.records, digests):
+            for r, digest in zip(self.records, digests, strict=True):
                 h.update(f"{r.id}\0{r.report}\0".encode())
                 h.update(bytes.fromhex(digest))
             self._sha256 = h.hexdigest()
@@ -97,6 +97,31 @@ def resolve_inside(root: Path, relative: str, where: str) -> Path:
     if not resolved.is_relative_to(root.resolve()):
         raise DatasetError(f"{where}: image path {relative!r} escapes the dataset folder {root}")
     return resolved
+
+
+def join_image_path(root: Path, image: str, where: str) -> Path:
+    """Where a manifest row's image is: an absolute path as written, a relative one under ``root``.
+
+    A relative path must stay under ``root`` as written (``a/../b`` is fine, ``../x`` is not): it
+    was meant relative to that folder, so climbing out of it is almost always a mistake, and a
+    file elsewhere is named by an absolute path or an ``image_root``. The check is on the path
+    as written, not on where symlinks lead, so a symlinked image folder (or file) is accepted.
+    The result is absolute and normalised, not resolved through symlinks: it is the path the
+    user can look for when the file is missing.
+    """
+    if not image:
+        raise DatasetError(f"{where}: empty image path")
+    candidate = Path(image).expanduser()
+    if candidate.is_absolute():
+        return Path(os.path.normpath(candidate))
+    base = Path(os.path.abspath(root))
+    joined = Path(os.path.normpath(base / candidate))
+    if not joined.is_relative_to(base):
+        raise DatasetError(
+            f"{where}: image path {image!r} escapes the dataset folder {root}; name a file elsewhere by an "
+            f"absolute path, or set image_root"
+        )
+    return joined
 
 
 # --- Per-file sha256 cache ---------------------------------------------------------------------

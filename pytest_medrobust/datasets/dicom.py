@@ -32,7 +32,7 @@ from PIL import Image
 
 from ..errors import DatasetError
 
-INSTALL_HINT = "pip install 'pytest-medrobust[dicom]' (pydicom, pylibjpeg, pylibjpeg-openjpeg)"
+INSTALL_HINT = 'pip install "/path/to/pytest-medrobust[dicom]" (pydicom, pylibjpeg, pylibjpeg-openjpeg)'
 
 # Which packages decode which compressed transfer syntaxes (by UID prefix / value).
 _PLUGINS_BY_SYNTAX = {

@@ -8,7 +8,9 @@ A model is any object with::
     encode_images(x) -> Tensor (B, D)    # x: float B x 3 x H x W in [0, 1], already occluded
     encode_texts(texts: list[str]) -> Tensor (B, D)
 
-and optionally ``card() -> dict`` (fields for the results JSON: source, weights sha256, ...).
+and optionally ``card() -> dict`` (fields for the results JSON: source, weights sha256, ...) and
+``fingerprint() -> str`` (what its embeddings depend on, for the cache; see
+:func:`pytest_medrobust.cache.model_fingerprint`).
 The model does its own normalisation and tokenisation.
 
 Factories are called as ``factory(device=torch.device, **options)``. They are found, in order:
@@ -20,7 +22,7 @@ module does not import torch.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -71,12 +73,18 @@ def available_models() -> list[str]:
     return sorted({**BUILTIN_FACTORIES, **_entry_point_factories()})
 
 
-def check_known(spec: ModelSpec) -> None:
-    """Fail early, without importing anything heavy, when a name cannot be resolved."""
+def check_known(spec: ModelSpec, defined: Iterable[str] = ()) -> None:
+    """Fail early, without importing anything heavy, when a name cannot be resolved.
+
+    ``defined``: the names of the models the configuration defines (tables with a factory), so
+    the error lists them with the registered ones."""
     if spec.factory is None and spec.name not in BUILTIN_FACTORIES and spec.name not in _entry_point_factories():
+        registered = available_models()
+        own = sorted({str(n) for n in defined} - set(registered))
+        listed = f"registered: {', '.join(registered)}" + (f"; defined in the config: {', '.join(own)}" if own else "")
         raise ModelLoadError(
-            f"unknown model {spec.name!r}; available: {', '.join(available_models())} "
-            "(or give a factory as 'package.module:function')"
+            f"unknown model {spec.name!r}; {listed} (or define it in the config with a factory as "
+            "'package.module:function')"
         )
     if spec.factory is not None and ":" not in spec.factory:
         raise ModelLoadError(f"model {spec.name!r}: factory {spec.factory!r} must look like 'package.module:function'")

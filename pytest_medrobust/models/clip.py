@@ -8,8 +8,13 @@ open_clip (default)
     preprocessing come from ``open_clip.create_model_and_transforms`` and the tokenizer from
     ``open_clip.get_tokenizer``. OpenAI's weights were trained with QuickGELU: for a tag the
     activation follows the tag's own setting (``ViT-B-32`` + ``openai`` gets QuickGELU, which
-    plain ``create_model_and_transforms`` would only warn about); for a local file say
-    ``quick_gelu=True`` (or use a ``-quickgelu`` model name) when the weights are OpenAI's.
+    plain ``create_model_and_transforms`` would only warn about). For a local file without
+    ``quick_gelu``, the file's layout decides: a bare state dict in OpenAI's CLIP key layout
+    (what OpenAI's ``clip`` package, its fine-tunes such as CXR-RePaiR, and open_clip's copy of
+    the OpenAI weights save) gets QuickGELU; an open_clip training checkpoint (``state_dict``
+    wrapper, ``module.`` keys) gets the model config's activation. GELU-trained weights saved
+    as a bare state dict (open_clip's LAION/DataComp releases) share OpenAI's key layout and
+    need ``quick_gelu=False``. The card records the activation and what decided it.
 
 transformers (``hf_dir=``)
     A directory written by ``CLIPModel.save_pretrained`` holding the model, its tokenizer and its
@@ -28,7 +33,6 @@ truncates before adding end-of-text, the same ids). Embeddings are L2-normalised
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -238,8 +242,22 @@ def _load_open_clip(
                     f"{name}: pretrained={tag!r} is neither an open_clip tag for {model_name} ({tags}) nor a file"
                 )
     model_quick_gelu = bool(open_clip.get_model_config(model_name).get("quick_gelu", False))
-    if quick_gelu is None:
-        quick_gelu = bool(tag_cfg.get("quick_gelu", False)) or model_quick_gelu
+    state: dict[str, torch.Tensor] | None = None
+    layout = None
+    if weights_file is not None:
+        state, layout = _local_state(weights_file, name=name, trust_pickle=trust_pickle)
+    if quick_gelu is not None:
+        activation_from = "the quick_gelu option"
+    elif model_quick_gelu:
+        quick_gelu, activation_from = True, f"model_name {model_name}"
+    elif tag_cfg:
+        quick_gelu, activation_from = bool(tag_cfg.get("quick_gelu", False)), f"open_clip tag {tag}"
+    elif layout == OPENAI_LAYOUT:
+        # OpenAI trained CLIP with QuickGELU; its key layout is what its weights (and fine-tunes
+        # of them) are saved in. Running them with GELU moves embeddings by ~1e-3, silently.
+        quick_gelu, activation_from = True, "the file's OpenAI state-dict layout"
+    else:
+        quick_gelu, activation_from = False, f"model_name {model_name}" + (f" ({layout})" if layout else "")
     quick_gelu = bool(quick_gelu)
     if model_quick_gelu and not quick_gelu:
         raise ModelLoadError(f"{name}: model_name {model_name!r} always uses QuickGELU; drop quick_gelu=False")
@@ -263,8 +281,8 @@ def _load_open_clip(
     else:
         model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None, **kwargs)
         source = "random-init" if weights_file is None else str(weights_file)
-        if weights_file is not None:
-            _load_local_weights(open_clip, model, weights_file, name=name, trust_pickle=trust_pickle)
+        if weights_file is not None and state is not None:
+            _load_state(open_clip, model, state, name=name, path=weights_file)
     tokenizer = open_clip.get_tokenizer(model_name)
     card = {
         "adapter": "clip/open_clip",
@@ -273,30 +291,77 @@ def _load_open_clip(
         "weights_file": None if weights_file is None else str(weights_file),
         "sha256": None if weights_file is None else hub.sha256_file(weights_file),
         "quick_gelu": quick_gelu,
+        "activation": f"{'QuickGELU' if quick_gelu else 'GELU'} (from {activation_from})",
         "open_clip_version": getattr(open_clip, "__version__", "?"),
     }
     adapter = OpenClipAdapter(model, preprocess, tokenizer, name=name, card=card, batch_size=batch_size)
     return adapter.to(device)
 
 
-def _load_local_weights(open_clip: Any, model: nn.Module, path: Path, *, name: str, trust_pickle: bool) -> None:
+OPENAI_LAYOUT = "OpenAI state-dict layout"
+OPEN_CLIP_CHECKPOINT = "open_clip training checkpoint"
+# Keys OpenAI's TorchScript model carries besides its weights (open_clip drops them too).
+_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+def _is_openai_layout(keys: set[str]) -> bool:
+    """Top-level text tower and ``visual.*`` image tower under OpenAI CLIP's names."""
+    text = {"token_embedding.weight", "positional_embedding", "text_projection", "ln_final.weight"}
+    return (
+        text <= keys
+        and any(k.startswith("transformer.resblocks.") for k in keys)
+        and any(k.startswith("visual.") for k in keys)
+    )
+
+
+def _local_state(path: Path, *, name: str, trust_pickle: bool) -> tuple[dict[str, torch.Tensor], str | None]:
+    """The tensors of a local weights file, read safely, and its layout (which tells how the
+    weights were trained when the user does not say)."""
+    obj = hub.load_checkpoint_file(path, model=name, trust_pickle=trust_pickle)
+    wrapped = isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict)
+    state = obj["state_dict"] if wrapped else obj
+    if not isinstance(state, dict) or not state:
+        raise ModelLoadError(f"{name}: {path} does not hold a CLIP state dict (a mapping of parameter names to tensors)")
+    prefixed = all(str(k).startswith("module.") for k in state)
+    state = hub.strip_prefix(state)
+    for key in _OPENAI_EXTRA_KEYS:
+        state.pop(key, None)
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if wrapped or prefixed:
+        layout: str | None = OPEN_CLIP_CHECKPOINT
+    elif _is_openai_layout(set(tensors)):
+        layout = OPENAI_LAYOUT
+    else:
+        layout = None
+    return tensors, layout
+
+
+def _load_state(open_clip: Any, model: nn.Module, state: dict[str, torch.Tensor], *, name: str, path: Path) -> None:
+    """Load ``state`` strictly, after the adjustments ``open_clip.load_checkpoint`` makes
+    (custom-text key names, scalar logit_scale, position-embedding resizing)."""
+    from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
+
+    state = dict(state)
     try:
-        open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True)
-        return
-    except pickle.UnpicklingError as exc:
-        if not trust_pickle:
-            raise ModelLoadError(
-                f"{name}: {path} needs full unpickling, which can run arbitrary code, so it was not loaded "
-                f"(torch.load(weights_only=True) refused it: {hub._unpickling_reason(exc)}). If you "
-                f"trust this file (sha256 {hub.sha256_file(path)}), pass the option trust_pickle=True; or "
-                f"convert it once to .safetensors."
-            ) from exc
-    except RuntimeError as exc:  # missing/unexpected keys, shape mismatch
+        from open_clip.convert import convert_state_dict
+
+        state = convert_state_dict(model, state)
+    except ImportError:  # older open_clip: no third-party layouts to convert
+        pass
+    if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
+        state = convert_to_custom_text_state_dict(state)
+    scale = getattr(model, "logit_scale", None)
+    if "logit_scale" in state and scale is not None and scale.ndim != state["logit_scale"].ndim:
+        state["logit_scale"] = state["logit_scale"].reshape(scale.shape)
+    bias = getattr(model, "logit_bias", None)
+    if "logit_bias" not in state and isinstance(bias, torch.Tensor):
+        state["logit_bias"] = torch.zeros_like(bias)
+    try:
+        resize_pos_embed(state, model)
+        resize_text_pos_embed(state, model)
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, KeyError, ValueError) as exc:  # missing/unexpected keys, shape mismatch
         raise ModelLoadError(f"{name}: {path} does not fit open_clip {type(model).__name__}: {exc}") from exc
-    try:
-        open_clip.load_checkpoint(model, str(path), strict=True, weights_only=False)
-    except Exception as exc:
-        raise ModelLoadError(f"{name}: cannot load {path}: {type(exc).__name__}: {exc}") from exc
 
 
 def _load_hf_dir(

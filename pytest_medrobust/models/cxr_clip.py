@@ -1,4 +1,4 @@
-"""``cxr-clip``: CXR-CLIP (You et al., MICCAI 2023; kakaobrain/cxr-clip).
+"""``cxr-clip``: CXR-CLIP (You et al., MICCAI 2023; Soombit-ai/cxr-clip, formerly kakaobrain/cxr-clip).
 
 Weights: the ``.tar`` checkpoints of the authors' README (``r50_m``, ``r50_mc``, ``r50_mcc``,
 ``swint_m``, ``swint_mc``, ``swint_mcc``; e.g.
@@ -8,10 +8,11 @@ Each is a ``torch.save``'d dict with ``config`` (the training configuration, as 
 ``temperature``; ``config["tokenizer"]`` the tokenizer) and ``model`` (the state dict), plus
 optimizer/scheduler state that is not used. It is read with ``torch.load(weights_only=True)``.
 Upstream converts only the DictConfig levels of its hydra config to dicts, so list values (e.g.
-the ``RandomResizedCrop`` scale) are still OmegaConf ``ListConfig`` objects in the file; they
-are read as plain lists through inert stand-ins (``hub.load_checkpoint_file``), without
-importing omegaconf. Any other object that needs full unpickling is refused unless
-``trust_pickle=True``. A ``.safetensors``
+the ``RandomResizedCrop`` scale) are still OmegaConf ``ListConfig`` objects in the file, linked
+through their parents to the root config and its filled hydra resolver cache (a
+``defaultdict``); they are read as plain lists through inert stand-ins
+(``hub.load_checkpoint_file``), without importing omegaconf. Any other object that needs full
+unpickling is refused, by name, unless ``trust_pickle=True``. A ``.safetensors``
 state dict also works, with ``variant=`` ("swin" or "resnet50") saying which model it is.
 
 Model (upstream ``CXRClip``), rebuilt from ``config["model"]`` with upstream's module names, so
@@ -67,8 +68,8 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 VARIANTS = ("swin", "resnet50")
 
 _HOW = (
-    "CXR-CLIP's checkpoints (r50_m.tar, swint_m.tar, ...) are linked from https://github.com/kakaobrain/cxr-clip "
-    "(section 'Pre-trained model checkpoint')."
+    "CXR-CLIP's checkpoints (r50_m.tar, swint_m.tar, ...) are linked from https://github.com/Soombit-ai/cxr-clip "
+    "(formerly kakaobrain/cxr-clip; section 'Pre-trained model checkpoint')."
 )
 
 
@@ -290,11 +291,13 @@ def load_cxr_clip(
     tok_hub_id = str(_get(config, "tokenizer", "pretrained_model_name_or_path", default=text_hub_id))
     max_length = int(text_max_length or TEXT_MAX_LENGTH)
 
-    config_bert, tokenizer = hub.load_bert_pieces(
-        model=name, text_model_dir=text_model_dir, hub_id=text_hub_id, tokenizer_hub_id=tok_hub_id, cache_dir=cache_dir
-    )
-    if "text_encoder.text_encoder.embeddings.word_embeddings.weight" not in state:
+    word_embeddings = state.get("text_encoder.text_encoder.embeddings.word_embeddings.weight")
+    if word_embeddings is None:
         raise ModelLoadError(f"{name}: {path} lacks text_encoder.text_encoder.embeddings.word_embeddings.weight")
+    config_bert, tokenizer = hub.load_bert_pieces(
+        model=name, text_model_dir=text_model_dir, hub_id=text_hub_id, tokenizer_hub_id=tok_hub_id, cache_dir=cache_dir,
+        word_embedding_rows=int(word_embeddings.shape[0]), checkpoint=path,
+    )
     text = _TextEncoder(hub.build_bert(config_bert, state, "text_encoder.text_encoder.", hidden_states=False))
 
     if variant == "swin":

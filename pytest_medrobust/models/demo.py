@@ -43,7 +43,7 @@ class DemoConfig:
 def hashed_ngrams(text: str, buckets: int) -> list[int]:
     """Hashed word unigrams and bigrams; crc32 so the buckets are the same in every process."""
     words = _WORD.findall(text.lower())
-    grams = words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+    grams = words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
     return [zlib.crc32(g.encode()) % buckets for g in grams] or [0]
 
 

@@ -3,15 +3,16 @@
 * **Checkpoints, loaded safely.** ``.safetensors`` files are read with safetensors; anything else
   with ``torch.load(weights_only=True)``, which only rebuilds tensors and plain containers. A
   file that needs full unpickling (arbitrary Python objects: unpickling can run code) is refused
-  unless the user passes ``trust_pickle=True``, and the error says so. OmegaConf containers
-  (CXR-CLIP's saved config) are the one exception: read as plain dicts/lists by inert stand-ins.
+  unless the user passes ``trust_pickle=True``, and the error names the global refused.
+  OmegaConf containers and hydra's resolver cache (CXR-CLIP's saved config) are the one
+  exception: read as plain dicts/lists by inert stand-ins.
 * **Hashes.** The sha256 of a weights file, for the model card (streamed, cached per file state).
 * **Hub pieces.** Tokenizers and configs (Bio_ClinicalBERT, Swin) come from a local directory
   option when given, else from the Hugging Face hub id through the local HF cache. When neither
   works (offline, nothing cached) the error names the piece, the hub id and the option that
   points at a local copy.
-* **Shared towers.** The BERT text tower (config, tokenizer, ``BertModel`` sized from the
-  checkpoint) and the torchvision ResNet50 that MedCLIP and CXR-CLIP both use; unpadded,
+* **Shared towers.** The BERT text tower (config, tokenizer checked against the checkpoint,
+  ``BertModel`` sized from the checkpoint) and the torchvision ResNet50 that MedCLIP and CXR-CLIP both use; unpadded,
   equal-length text batches.
 
 Nothing here downloads weights: the adapters take weights from files the user names.
@@ -61,11 +62,13 @@ def require_file(model: str, path: PathLike | None, option: str, how: str) -> Pa
 
 
 # --- OmegaConf containers, read without omegaconf and without running code ----------------------
-# CXR-CLIP saves its hydra config after converting only the DictConfig levels to dicts, so list
-# values stay omegaconf ListConfig objects, which reference their parent DictConfigs. Those are
-# plain data (NEWOBJ + BUILD of a state dict), so they are read here as inert stand-ins, through
-# torch's weights-only unpickler with the stand-ins (and nothing else) added to its allowlist, and
-# then turned into plain dicts and lists. omegaconf itself is never imported.
+# CXR-CLIP's trainer (hydra + OmegaConf) converts only the DictConfig levels of its config to
+# dicts before ``torch.save``, so list values stay omegaconf ListConfig objects. Each references
+# its parent DictConfig, up to the root config, whose metadata holds hydra's resolver cache: a
+# ``collections.defaultdict`` that ``${now:...}`` in hydra's run dir has filled. All of it is plain
+# data (NEWOBJ + BUILD of a state dict; the defaultdict a REDUCE of ``dict`` plus SETITEMS), so it
+# is read through torch's weights-only unpickler with inert stand-ins (and nothing else) added to
+# its allowlist, then turned into plain dicts and lists. omegaconf itself is never imported.
 
 
 class _OmegaStub:
@@ -102,21 +105,41 @@ _OMEGA_NAMES: dict[str, type] = {
     "omegaconf.base.Metadata": _OmegaStub,
     "omegaconf.base.ContainerMetadata": _OmegaStub,
 }
+# Globals the stand-ins cover besides omegaconf's own classes: the metadata's type fields
+# (``typing.Any``, builtin types as values) and the resolver cache (``defaultdict(dict)``).
+_STAND_IN_EXTRA = ("collections.defaultdict", "typing.Any")
+_BUILTIN_TYPES = ("dict", "list", "tuple", "int", "str", "float", "bool", "bytes", "object")
+
+
+def _defaultdict_as_dict(default_factory: Any = None, *args: Any) -> dict:
+    """Stand-in for ``collections.defaultdict`` while unpickling: a plain dict with the same items
+    (torch's weights-only unpickler fills only exact dicts; the default factory is dropped)."""
+    return dict(*args)
+
+
+_STAND_IN_CLASSES: dict[str, type] = {}
+
+
+def _stand_in_class(full: str) -> type:
+    """One class per omegaconf name, named like it (so the unpickler can look it up), made once."""
+    if full not in _STAND_IN_CLASSES:
+        module, _, name = full.rpartition(".")
+        _STAND_IN_CLASSES[full] = type(name, (_OMEGA_NAMES[full],), {"__module__": module})
+    return _STAND_IN_CLASSES[full]
 
 
 def _omegaconf_globals() -> list[Any]:
     import builtins
-    import collections
     import typing
 
-    stubs: list[Any] = []
-    for full, base in _OMEGA_NAMES.items():
-        cls = type(full.rsplit(".", 1)[1], (base,), {"__module__": full.rsplit(".", 1)[0]})
-        stubs.append((cls, full))
-    # what omegaconf metadata refers to: types as values, and defaultdict(dict) for its cache
-    extra = [(typing.Any, "typing.Any"), collections.defaultdict]
-    extra += [getattr(builtins, n) for n in ("dict", "list", "int", "str", "float", "bool", "bytes", "object")]
+    stubs: list[Any] = [(_stand_in_class(full), full) for full in _OMEGA_NAMES]
+    extra: list[Any] = [(typing.Any, "typing.Any"), (_defaultdict_as_dict, "collections.defaultdict")]
+    extra += [getattr(builtins, n) for n in _BUILTIN_TYPES]
     return stubs + extra
+
+
+def _covered_by_stand_ins(name: str | None) -> bool:
+    return bool(name) and (str(name).startswith("omegaconf.") or name in _STAND_IN_EXTRA)
 
 
 def _plain(obj: Any, _depth: int = 0) -> Any:
@@ -142,21 +165,54 @@ def _plain(obj: Any, _depth: int = 0) -> Any:
     return obj
 
 
-def _load_with_omegaconf_stubs(p: Path) -> Any:
-    if not hasattr(torch.serialization, "safe_globals"):
-        raise pickle.UnpicklingError("this torch version cannot allowlist stand-ins")
-    with torch.serialization.safe_globals(_omegaconf_globals()):
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    return _plain(obj)
+def _weights_only_load(p: Path, *, stand_ins: bool) -> Any:
+    """``torch.load(weights_only=True)``, memory-mapped where the format allows; with the
+    omegaconf stand-ins allowlisted when ``stand_ins``."""
+    import contextlib
+
+    if stand_ins and not hasattr(torch.serialization, "safe_globals"):
+        raise pickle.UnpicklingError("this torch version cannot allowlist stand-ins (torch >= 2.5 can)")
+    context = torch.serialization.safe_globals(_omegaconf_globals()) if stand_ins else contextlib.nullcontext()
+    with context:
+        try:  # memory-mapped: large checkpoints are not read twice into memory
+            obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):  # legacy (non-zip) files cannot be mapped; others are real errors
+                raise
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+    return _plain(obj) if stand_ins else obj
+
+
+class _StandInUnpickler(pickle.Unpickler):
+    """Full unpickling (``trust_pickle``) with omegaconf classes read as the inert stand-ins, so a
+    trusted file that also holds OmegaConf containers needs no omegaconf installed."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        full = f"{module}.{name}"
+        if full in _OMEGA_NAMES:
+            return _stand_in_class(full)
+        return super().find_class(module, name)
+
+
+class _StandInPickleModule:
+    """What ``torch.load(pickle_module=...)`` needs: ``Unpickler`` and ``load``."""
+
+    __name__ = "pytest_medrobust_stand_in_pickle"
+    Unpickler = _StandInUnpickler
+
+    @staticmethod
+    def load(file: Any, **kwargs: Any) -> Any:
+        return _StandInUnpickler(file, **kwargs).load()
 
 
 def load_checkpoint_file(path: PathLike, *, model: str, trust_pickle: bool = False) -> Any:
     """Read a checkpoint without executing code from it, unless the user trusts the file.
 
     ``.safetensors`` -> dict of tensors. Otherwise ``torch.load(weights_only=True)``: tensors,
-    dicts, lists, numbers and strings only; OmegaConf containers (saved configs) are read as
-    plain dicts and lists without importing omegaconf. A file that needs more (custom classes,
-    numpy objects, TorchScript) is refused without ``trust_pickle=True``.
+    dicts, lists, numbers and strings only; OmegaConf containers (saved configs, hydra's resolver
+    cache included) are read as plain dicts and lists without importing omegaconf. A file that
+    needs more (custom classes, numpy objects) is refused, naming the global refused, unless
+    ``trust_pickle=True``.
     """
     p = Path(path)
     if p.suffix == ".safetensors":
@@ -166,30 +222,41 @@ def load_checkpoint_file(path: PathLike, *, model: str, trust_pickle: bool = Fal
             return load_file(str(p), device="cpu")
         except Exception as exc:  # a corrupt or non-safetensors file
             raise ModelLoadError(f"{model}: cannot read {p} as safetensors: {exc}") from exc
+    if _is_torchscript(p):
+        if not trust_pickle:
+            raise ModelLoadError(
+                f"{model}: {p} is a TorchScript archive (as OpenAI's original ViT-B-32.pt), which holds code as well "
+                f"as weights, so it was not loaded. Use a state-dict copy of the weights (for OpenAI CLIP: open_clip's "
+                f"timm/vit_base_patch32_clip_224.openai, open_clip_model.safetensors), or, if you trust this file "
+                f"(sha256 {sha256_file(p)}), pass the option trust_pickle=True to read its weights with torch.jit.load."
+            )
+        try:
+            import warnings
+
+            with warnings.catch_warnings():  # torch.jit's deprecation notice: nothing the user can act on
+                warnings.simplefilter("ignore", FutureWarning)
+                return dict(torch.jit.load(str(p), map_location="cpu").state_dict())
+        except Exception as exc:
+            raise ModelLoadError(f"{model}: cannot read TorchScript archive {p}: {type(exc).__name__}: {exc}") from exc
     try:
-        try:  # memory-mapped: large checkpoints are not read twice into memory
-            return torch.load(p, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):  # legacy (non-zip) files cannot be mapped; others are real errors
+        try:
+            return _weights_only_load(p, stand_ins=False)
+        except pickle.UnpicklingError as exc:
+            if not (_covered_by_stand_ins(_refused_global(exc)) or "omegaconf." in str(exc)):
                 raise
-            return torch.load(p, map_location="cpu", weights_only=True)
+        return _weights_only_load(p, stand_ins=True)
     except pickle.UnpicklingError as exc:
-        if "omegaconf." in str(exc):
-            try:
-                return _load_with_omegaconf_stubs(p)
-            except pickle.UnpicklingError as exc2:
-                exc = exc2
         if not trust_pickle:
             raise ModelLoadError(
                 f"{model}: {p} needs full unpickling, which can run arbitrary code, so it was not loaded "
-                f"(torch.load(weights_only=True) refused it: {_unpickling_reason(exc)}). If you trust this file "
+                f"(torch.load(weights_only=True) refused it: {_refusal(exc, p)}). If you trust this file "
                 f"(sha256 {sha256_file(p)}), pass the option trust_pickle=True; or convert it once to "
                 f".safetensors."
             ) from exc
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
         raise ModelLoadError(f"{model}: cannot read checkpoint {p}: {type(exc).__name__}: {exc}") from exc
     try:
-        return torch.load(p, map_location="cpu", weights_only=False)
+        return _plain(torch.load(p, map_location="cpu", weights_only=False, pickle_module=_StandInPickleModule))
     except ModuleNotFoundError as exc:
         raise ModelLoadError(
             f"{model}: unpickling {p} needs the Python module {exc.name!r}; install it to load this file"
@@ -198,11 +265,52 @@ def load_checkpoint_file(path: PathLike, *, model: str, trust_pickle: bool = Fal
         raise ModelLoadError(f"{model}: cannot read checkpoint {p}: {type(exc).__name__}: {exc}") from exc
 
 
-def _unpickling_reason(exc: Exception) -> str:
+def _is_torchscript(p: Path) -> bool:
+    """A TorchScript archive: a zip with compiled code (``code/``) and ``constants.pkl``."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(p) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def _refused_global(exc: Exception) -> str | None:
+    """The global (class or function) named in a weights-only refusal, if the message has one."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-    if m:
-        return f"it stores the Python object {m.group(1)}"
+    for pattern in (
+        r"Unsupported global: GLOBAL ([\w.]+)",
+        r"unsupported GLOBAL ([\w.]+)",
+        r"but got <class '([\w.]+)'>",
+        r"unrecognized function <(?:built-in function |function )?([\w.]+)",
+    ):
+        m = re.search(pattern, text)
+        if m:
+            return m.group(1)
+    return None
+
+
+def _unsafe_globals(p: Path) -> list[str]:
+    """Every global of a torch.save file that neither torch nor the stand-ins allow (sorted)."""
+    try:
+        with torch.serialization.safe_globals(_omegaconf_globals()):
+            return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(p)))
+    except Exception:  # a legacy (non-zip) file or an older torch: only the refusal itself is known
+        return []
+
+
+def _refusal(exc: Exception, p: Path | None = None) -> str:
+    """Why the weights-only loader refused a file, naming the global(s) it refused."""
+    name = _refused_global(exc)
+    others = [g for g in _unsafe_globals(p) if g != name] if p is not None else []
+    if name:
+        reason = f"it stores the Python object {name}"
+        return reason + (f"; the file also references {', '.join(others)}" if others else "")
+    if others:
+        return f"it stores the Python object(s) {', '.join(others)}"
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
     m = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
     return m.group(1).strip() if m else (text.strip().splitlines() or ["unpickling refused"])[0]
 
@@ -444,6 +552,12 @@ def load_hf_config(
         raise _hub_error(model, "config", hub_id, option, files, exc) from exc
 
 
+# Words every clinical English WordPiece vocabulary spells without [UNK] (Bio_ClinicalBERT has
+# each as a whole token); a tokenizer that loses them cannot give meaningful report embeddings.
+PROBE_WORDS = ("lung", "effusion", "heart", "pneumothorax")
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json")
+
+
 def load_bert_pieces(
     *,
     model: str,
@@ -451,11 +565,25 @@ def load_bert_pieces(
     hub_id: str,
     tokenizer_hub_id: str | None = None,
     cache_dir: PathLike | None = None,
+    word_embedding_rows: int | None = None,
+    checkpoint: PathLike | None = None,
 ) -> tuple[Any, Any]:
     """A BERT ``(config, tokenizer)`` (Bio_ClinicalBERT for MedCLIP and CXR-CLIP) from
-    ``text_model_dir`` or the HF cache; the tokenizer from ``tokenizer_hub_id`` when it differs."""
+    ``text_model_dir`` or the HF cache; the tokenizer from ``tokenizer_hub_id`` when it differs.
+
+    The tokenizer is checked against the checkpoint (``check_bert_tokenizer``) when
+    ``word_embedding_rows`` is given: a wrong or incomplete folder fails here, naming it."""
     from transformers import BertConfig, BertTokenizer
 
+    if text_model_dir is not None and str(text_model_dir) != "":
+        folder = Path(text_model_dir).expanduser()
+        if folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+            raise ModelLoadError(
+                f"{model}: text_model_dir={str(text_model_dir)!r} has no vocab.txt (nor tokenizer.json), so no "
+                f"WordPiece vocabulary: the tokenizer would turn every word into [UNK]. Pass text_model_dir= a "
+                f"folder holding vocab.txt and config.json of {tokenizer_hub_id or hub_id} "
+                f"(`hf download {tokenizer_hub_id or hub_id} vocab.txt config.json --local-dir DIR`)."
+            )
     config = load_hf_config(
         model=model, local_dir=text_model_dir, hub_id=hub_id, option="text_model_dir", cache_dir=cache_dir,
         config_class=BertConfig, files="vocab.txt and config.json",
@@ -464,7 +592,38 @@ def load_bert_pieces(
         model=model, local_dir=text_model_dir, hub_id=tokenizer_hub_id or hub_id, option="text_model_dir",
         cache_dir=cache_dir, fallback=BertTokenizer,
     )
+    if word_embedding_rows is not None:
+        where = (
+            f"text_model_dir={str(text_model_dir)!r}" if text_model_dir
+            else f"the Hugging Face cache copy of {tokenizer_hub_id or hub_id!r}"
+        )
+        check_bert_tokenizer(
+            model=model, tokenizer=tokenizer, rows=word_embedding_rows, where=where, checkpoint=checkpoint,
+        )
     return config, tokenizer
+
+
+def check_bert_tokenizer(*, model: str, tokenizer: Any, rows: int, where: str, checkpoint: PathLike | None) -> None:
+    """The tokenizer fits the checkpoint's BERT: as many entries as word-embedding rows (a
+    mismatch means another vocabulary: silently wrong ids, or an IndexError mid-run), and the
+    ``PROBE_WORDS`` are not [UNK] (a vocabulary without clinical words)."""
+    size = len(tokenizer)
+    source = str(checkpoint) if checkpoint is not None else "the checkpoint"
+    if size != rows:
+        raise ModelLoadError(
+            f"{model}: the tokenizer from {where} has {size:,} entries but {source} has {rows:,} word-embedding "
+            f"rows; they must be equal (Bio_ClinicalBERT: 28,996). Point text_model_dir at the tokenizer the "
+            f"checkpoint was trained with (emilyalsentzer/Bio_ClinicalBERT's vocab.txt and config.json)."
+        )
+    unk = getattr(tokenizer, "unk_token", None)
+    if unk:
+        lost = [w for w in PROBE_WORDS if unk in tokenizer.tokenize(w)]
+        if lost:
+            raise ModelLoadError(
+                f"{model}: the tokenizer from {where} turns {', '.join(map(repr, lost))} into {unk}: its vocabulary "
+                f"is not a clinical English WordPiece vocabulary, so report embeddings would be meaningless. Point "
+                f"text_model_dir at emilyalsentzer/Bio_ClinicalBERT's vocab.txt and config.json."
+            )
 
 
 def build_bert(config: Any, state: Mapping[str, torch.Tensor], prefix: str, *, hidden_states: bool) -> torch.nn.Module:

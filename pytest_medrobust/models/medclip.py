@@ -191,12 +191,15 @@ def load_medclip(
     variant = found
 
     # Text tower: Bio_ClinicalBERT config + tokenizer (local dir or HF cache), weights from the file.
-    config, tokenizer = hub.load_bert_pieces(model=name, text_model_dir=text_model_dir, hub_id=text_model, cache_dir=cache_dir)
-    tokenizer.model_max_length = TEXT_MAX_LENGTH
     emb = state.get("text_model.model.embeddings.word_embeddings.weight")
     proj = state.get("text_model.projection_head.weight")
     if emb is None or proj is None:
         raise ModelLoadError(f"{name}: {path} lacks the text tower (text_model.model.* / text_model.projection_head.weight)")
+    config, tokenizer = hub.load_bert_pieces(
+        model=name, text_model_dir=text_model_dir, hub_id=text_model, cache_dir=cache_dir,
+        word_embedding_rows=int(emb.shape[0]), checkpoint=path,
+    )
+    tokenizer.model_max_length = TEXT_MAX_LENGTH
     bert = hub.build_bert(config, state, "text_model.model.", hidden_states=True)
     text = _Tower(bert, nn.Linear(proj.shape[1], proj.shape[0], bias=False))
 

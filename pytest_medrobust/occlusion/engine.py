@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -81,6 +82,15 @@ def place_one(patch: PatchType, level: float, height: int, width: int, rng: np.r
     return spec
 
 
+def _level(level: Any) -> float:
+    """``check_level`` for the public entry points, which take a number only: a string such as
+    "0.3" is refused rather than parsed (docs/occlusion.md: a non-number is an error), and so is
+    a bool. Parsing text is the configuration's job, which names the option it came from."""
+    if isinstance(level, (bool, np.bool_)) or not isinstance(level, numbers.Real):
+        raise OcclusionError(f"occlusion level must be a number in [0, 1), got {level!r} ({type(level).__name__})")
+    return check_level(float(level))
+
+
 def plan_masks(
     patch: PatchType | str,
     level: float,
@@ -93,7 +103,7 @@ def plan_masks(
 ) -> list[MaskSpec]:
     """The mask of every image, each drawn from its own seeded generator (or by ``policy``)."""
     patch = make_patch(patch)
-    level = check_level(level)
+    level = _level(level)
     if policy is not None:
         return policy.plan(patch, level, ids, height, width, seed)
     return [
@@ -157,7 +167,7 @@ def apply_masks(
 
 def _overlaps(t: torch.Tensor) -> bool:
     """Whether some elements share memory (an expanded view): such a tensor cannot be painted in place."""
-    return any(st == 0 and n > 1 for st, n in zip(t.stride(), t.shape))
+    return any(st == 0 and n > 1 for st, n in zip(t.stride(), t.shape, strict=True))
 
 
 def occlude(
@@ -186,7 +196,7 @@ def occlude(
     if not images.is_floating_point():
         raise ValueError(f"expected a floating-point batch in [0, 1], got {images.dtype}")
     height, width = int(images.shape[-2]), int(images.shape[-1])
-    level = check_level(level)
+    level = _level(level)
     specs = plan_masks(patch, level, ids, height, width, seed, policy=policy)
     if level == 0 or len(ids) == 0:
         return images, specs

@@ -94,3 +94,110 @@ def test_all_rows_dropped_is_an_error(tmp_path):
     (tmp_path / "m.csv").write_text("image,report\nnone.png,a\n")
     with pytest.raises(DatasetError, match="every row checked is bad"):
         load_dataset(str(tmp_path / "m.csv"), on_bad_rows="drop")
+
+
+# --- images outside the manifest's folder (a manifest in a repository, images on a share) ------
+
+
+def _share(tmp_path, n=3):
+    """A read-only 'share' of images, away from the folder that holds the manifest."""
+    share = tmp_path / "share" / "images"
+    for i in range(n):
+        write_image(share / "p1" / f"s{i}.png", seed=i)
+    repo = tmp_path / "repo" / "data"
+    repo.mkdir(parents=True)
+    return share, repo
+
+
+def test_absolute_image_paths_on_another_folder(tmp_path, monkeypatch):
+    share, repo = _share(tmp_path)
+    rows = ["id,image,report"] + [f"r{i},{share / 'p1' / f's{i}.png'},report {i}" for i in range(3)]
+    (repo / "test.csv").write_text("\n".join(rows) + "\n")
+    monkeypatch.chdir(tmp_path)  # nothing depends on the current folder
+    ds = load_dataset(str(repo / "test.csv"))
+    assert [r.image for r in ds.records] == [share / "p1" / f"s{i}.png" for i in range(3)]
+    assert decode_dataset(ds, (16, 16), "pad").shape == (3, 16, 16)
+
+
+def test_symlinked_image_folder_is_followed(tmp_path):
+    share, repo = _share(tmp_path)
+    (repo / "images").symlink_to(share, target_is_directory=True)
+    (repo / "test.csv").write_text("image,report\nimages/p1/s0.png,a\nimages/p1/s1.png,b\n")
+    ds = load_dataset(str(repo / "test.csv"))
+    assert [r.image for r in ds.records] == [repo / "images" / "p1" / "s0.png", repo / "images" / "p1" / "s1.png"]
+    assert decode_dataset(ds, (16, 16), "crop").shape == (2, 16, 16)
+    # the same images under their real paths: same fingerprint (ids, reports and bytes are what count)
+    rows = [f"images/p1/s{i}.png,{share}/p1/s{i}.png,{'ab'[i]}" for i in range(2)]
+    (repo / "real.csv").write_text("id,image,report\n" + "\n".join(rows) + "\n")
+    assert load_dataset(str(repo / "real.csv")).sha256 == ds.sha256
+
+
+def test_image_root_option(tmp_path, monkeypatch):
+    share, repo = _share(tmp_path)
+    (repo / "test.csv").write_text("image,report\np1/s0.png,a\np1/s2.png,b\n")
+    monkeypatch.chdir(tmp_path / "repo")
+    ds = load_dataset(f"manifest:{repo / 'test.csv'}", image_root=str(share))
+    assert [r.image for r in ds.records] == [share / "p1" / "s0.png", share / "p1" / "s2.png"]
+    assert ds.card()["image_root"] == str(share)
+    # a relative image_root is taken against the current folder (config files resolve it first)
+    assert load_dataset(str(repo / "test.csv"), image_root="../share/images").ids == ds.ids
+    # without image_root the relative paths are still under the manifest's folder
+    with pytest.raises(DatasetError) as err:
+        load_dataset(str(repo / "test.csv"))
+    assert f"test.csv, line 2: image not found: {repo / 'p1' / 's0.png'}" in str(err.value)
+
+
+def test_missing_file_names_the_path_it_was_looked_for_at(tmp_path):
+    share, repo = _share(tmp_path)
+    (repo / "test.csv").write_text(f"image,report\np1/s0.png,a\np1/absent.png,b\n{share}/p9/x.png,c\n")
+    with pytest.raises(DatasetError) as err:
+        load_dataset(str(repo / "test.csv"), image_root=str(share))
+    msg = str(err.value)
+    assert "2 problem(s)" in msg
+    assert f"test.csv, line 3: image not found: {share / 'p1' / 'absent.png'}" in msg
+    assert f"test.csv, line 4: image not found: {share / 'p9' / 'x.png'}" in msg
+
+
+def test_per_row_image_root_column(tmp_path):
+    share, repo = _share(tmp_path)
+    other = tmp_path / "other"
+    write_image(other / "o.png", seed=9)
+    write_image(repo / "local" / "l.png", seed=8)
+    (repo / "test.csv").write_text(
+        "id,image_root,image,report\n"
+        f"a,{share},p1/s0.png,absolute root\n"
+        "b,local,l.png,root relative to the manifest\n"
+        f"c,,{other / 'o.png'},absolute image\n"
+        "d,,p1/s1.png,the image_root option\n"
+    )
+    ds = load_dataset(str(repo / "test.csv"), image_root=str(share))
+    assert [r.image for r in ds.records] == [
+        share / "p1" / "s0.png", repo / "local" / "l.png", other / "o.png", share / "p1" / "s1.png"
+    ]
+    jsonl = repo / "test.jsonl"
+    jsonl.write_text(json.dumps({"image_root": str(share), "image": "p1/s2.png", "report": "x"}) + "\n")
+    assert load_dataset(str(jsonl)).records[0].image == share / "p1" / "s2.png"
+
+
+def test_image_root_must_be_a_folder(tmp_path):
+    share, repo = _share(tmp_path)
+    (repo / "test.csv").write_text("image,report\np1/s0.png,a\n")
+    with pytest.raises(DatasetError, match=r"test\.csv: image_root '.*nowhere' does not exist"):
+        load_dataset(str(repo / "test.csv"), image_root=str(tmp_path / "nowhere"))
+    with pytest.raises(DatasetError, match=r"image_root '.*s0\.png' is not a folder"):
+        load_dataset(str(repo / "test.csv"), image_root=str(share / "p1" / "s0.png"))
+
+
+def test_relative_path_may_not_climb_out_of_its_root(tmp_path):
+    """Kept from before: ``../`` out of the root is refused (a file elsewhere is named by an
+    absolute path or an image_root); ``..`` that stays inside is fine."""
+    share, repo = _share(tmp_path)
+    write_image(repo / "a" / "x.png")
+    (repo / "test.csv").write_text("image,report\na/../a/x.png,inside\n../../share/images/p1/s0.png,outside\n")
+    with pytest.raises(DatasetError) as err:
+        load_dataset(str(repo / "test.csv"))
+    msg = str(err.value)
+    assert "1 problem(s)" in msg
+    assert "test.csv, line 3: image path '../../share/images/p1/s0.png' escapes the dataset folder" in msg
+    assert "absolute path, or set image_root" in msg
+    assert load_dataset(str(repo / "test.csv"), on_bad_rows="drop").records[0].image == repo / "a" / "x.png"

@@ -60,13 +60,15 @@ def write_bert_dir(path: Path, **config) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(WORDS)) + ["##s", "##ed", "##al", "##y"]
     vocab += list("abcdefghijklmnopqrstuvwxyz0123456789") + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
-    (path / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
-    n = len(dict.fromkeys(vocab))
+    vocab = list(dict.fromkeys(vocab))
     fields = dict(
-        vocab_size=n, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
         max_position_embeddings=512,
     )
     fields.update(config)
+    # a vocab.txt has one line per embedding row, as the real one does (28,996 for Bio_ClinicalBERT)
+    vocab += [f"[unused{i}]" for i in range(int(fields["vocab_size"]) - len(vocab))]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     # written as the hub folder's legacy config.json: BERT fields only, no model_type
     data = {k: v for k, v in BertConfig(**fields).to_dict().items() if k not in ("model_type", "transformers_version")}
     (path / "config.json").write_text(json.dumps(data, indent=2))

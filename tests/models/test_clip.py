@@ -56,7 +56,10 @@ def reference(model_name, path):
 @pytest.mark.parametrize("fmt", ["safetensors", "pt"])
 def test_open_clip_file_matches_open_clip(fmt, tiny_open_clip, images, texts, harness_batch, record_diff):
     path = tiny_open_clip[0] if fmt == "safetensors" else tiny_open_clip[1]
-    spec = ModelSpec("clip", factory=FACTORY, options={"model_name": TINY, "pretrained": str(path)})
+    # GELU-trained open_clip weights saved as a bare state dict share OpenAI's key layout, which
+    # alone would mean QuickGELU: such a file says quick_gelu = false
+    options = {"model_name": TINY, "pretrained": str(path), "quick_gelu": False}
+    spec = ModelSpec("clip", factory=FACTORY, options=options)
     model = load_model(spec, torch.device("cpu"))
     assert model.input_size == (224, 224) and model.geometry == "crop"
     ref, preprocess, tokenizer = reference(TINY, path)
@@ -74,6 +77,7 @@ def test_open_clip_file_matches_open_clip(fmt, tiny_open_clip, images, texts, ha
     card = model.card()
     assert card["source"] == str(path) and len(card["sha256"]) == 64
     assert card["embedding_dim"] == 32 and card["text_max_length"] == 77 and card["quick_gelu"] is False
+    assert card["activation"] == "GELU (from the quick_gelu option)"
     assert card["normalisation"]["mean"] == [0.48145466, 0.4578275, 0.40821073]
     assert card["normalisation"]["std"] == [0.26862954, 0.26130258, 0.27577711]
 
@@ -104,10 +108,71 @@ def test_clip_tokenizer_truncates_with_eot(tiny_open_clip):
 
 
 def test_quick_gelu_option_changes_activation(tiny_open_clip, texts):
-    plain = load_clip(model_name=TINY, pretrained=str(tiny_open_clip[0]))
+    plain = load_clip(model_name=TINY, pretrained=str(tiny_open_clip[0]), quick_gelu=False)
     quick = load_clip(model_name=TINY, pretrained=str(tiny_open_clip[0]), quick_gelu=True)
-    assert quick.card()["quick_gelu"] is True
+    assert quick.card()["quick_gelu"] is True and plain.card()["quick_gelu"] is False
     assert not torch.allclose(plain.encode_texts(texts), quick.encode_texts(texts))
+
+
+@pytest.mark.parametrize("fmt", ["pt", "safetensors", "pt-float16", "pt-torchscript-keys"])
+def test_openai_layout_file_gets_quick_gelu(fmt, tmp_path, tiny_open_clip, images, texts, harness_batch, record_diff):
+    """A local file of OpenAI CLIP weights in OpenAI's key layout, with no quick_gelu option:
+    embeddings equal those of OpenAI's own model definition (QuickGELU), as built from that state
+    dict by open_clip's port of OpenAI's ``build_model``. Formats: OpenAI's ``clip`` package
+    ``state_dict()`` (float32 on the CPU, float16 on a GPU, with the TorchScript model's extra
+    keys when taken from ``clip.load(jit=True)``) and a safetensors copy."""
+    import open_clip
+    from open_clip.model import build_model_from_openai_state_dict
+    from safetensors.torch import save_file
+
+    from .test_cxr_repair import tiny_openai_state
+
+    state = tiny_openai_state(seed=4)
+    saved = dict(state)
+    if fmt == "pt-float16":
+        saved = {k: v.half() if v.is_floating_point() else v for k, v in saved.items()}
+    if fmt == "pt-torchscript-keys":
+        saved.update(input_resolution=torch.tensor(224), context_length=torch.tensor(77), vocab_size=torch.tensor(49408))
+    path = tmp_path / ("ViT-tiny-openai.safetensors" if fmt == "safetensors" else "ViT-tiny-openai.pt")
+    if fmt == "safetensors":
+        save_file({k: v.contiguous() for k, v in saved.items()}, str(path))
+    else:
+        torch.save(saved, path)
+
+    model = load_clip(model_name=TINY, pretrained=str(path))
+    ref = build_model_from_openai_state_dict(dict(state)).float().eval()
+    assert ref.transformer.resblocks[0].mlp.gelu.__class__.__name__ == "QuickGELU"
+    preprocess = open_clip.image_transform(224, is_train=False)
+    tokenizer = open_clip.get_tokenizer(TINY)
+    got = model.encode_images(harness_batch(model, images))
+    got_t = model.encode_texts(texts)
+    with torch.no_grad():
+        want = F.normalize(ref.encode_image(torch.stack([preprocess(im.convert("RGB")) for im in images])), dim=-1)
+        want_t = F.normalize(ref.encode_text(tokenizer(texts)), dim=-1)
+    assert record_diff(f"clip OpenAI layout ({fmt}) image", float((got - want).abs().max())) < 1e-6
+    assert record_diff(f"clip OpenAI layout ({fmt}) text", float((got_t - want_t).abs().max())) < 1e-6
+    card = model.card()
+    assert card["quick_gelu"] is True and card["activation"] == "QuickGELU (from the file's OpenAI state-dict layout)"
+    # what the adapter computed before it read the layout: GELU, off by far more than rounding
+    gelu = load_clip(model_name=TINY, pretrained=str(path), quick_gelu=False)
+    assert float((gelu.encode_texts(texts) - want_t).abs().max()) > 1e-4
+
+
+def test_open_clip_training_checkpoint_keeps_the_model_activation(tmp_path, tiny_open_clip, texts):
+    """open_clip's trainer saves ``{"epoch", "name", "state_dict": {"module.*"}}``: weights trained
+    with the model config's activation (GELU for a plain model name)."""
+    import open_clip
+
+    torch.manual_seed(3)
+    net = open_clip.create_model(TINY, pretrained=None)
+    path = tmp_path / "epoch_3.pt"
+    torch.save({"epoch": 3, "name": "run", "state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, path)
+    model = load_clip(model_name=TINY, pretrained=str(path))
+    assert model.card()["quick_gelu"] is False
+    assert model.card()["activation"] == f"GELU (from model_name {TINY} (open_clip training checkpoint))"
+    with torch.no_grad():
+        want = F.normalize(net.eval().encode_text(open_clip.get_tokenizer(TINY)(texts)), dim=-1)
+    assert float((model.encode_texts(texts) - want).abs().max()) < 1e-6
 
 
 def test_random_weights_and_errors(tmp_path):
@@ -231,3 +296,14 @@ def test_full_size_vit_b32_openai_weights(vit_b32_openai_pt, images, texts, harn
         want_t = F.normalize(ref.encode_text(tokenizer(texts[:2])), dim=-1)
     assert record_diff("clip ViT-B/32 text", float((got_t - want_t).abs().max())) < 1e-5
     assert model.card()["embedding_dim"] == 512
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_torchscript_archive_is_refused_by_name(tmp_path, tiny_open_clip):
+    """OpenAI's original ViT-B-32.pt is a TorchScript archive: code as well as weights."""
+    path = tmp_path / "ViT-B-32.pt"
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(path))
+    with pytest.raises(ModelLoadError, match=r"clip: .*ViT-B-32\.pt is a TorchScript archive .* trust_pickle=True"):
+        load_clip(model_name=TINY, pretrained=str(path))
+    with pytest.raises(ModelLoadError, match="does not fit open_clip"):  # trusted: its weights are read, and checked
+        load_clip(model_name=TINY, pretrained=str(path), trust_pickle=True)

@@ -187,74 +187,179 @@ def test_pickled_tar_needs_trust(tmp_path, swin_tar, bert_dir, swin_dir):
     assert model.encode_texts(["edema"]).shape == (1, 24)
 
 
-def _fake_omegaconf(stack):
-    """Classes pickled under omegaconf's names and in its layout (NEWOBJ + BUILD of a state dict:
-    ``_metadata``, ``_parent``, ``_content`` / ``_val``), without omegaconf installed."""
-    import collections
-    import sys
-    import types
-    import typing
+class FakeOmegaConf:
+    """Classes pickled under omegaconf's names and in its layout (NEWOBJ + BUILD of the state
+    omegaconf's ``__getstate__`` returns: ``_metadata``, ``_parent``, ``_content`` / ``_val``),
+    without omegaconf installed. ``tree`` builds a whole config as omegaconf containers, the way
+    hydra composes it; ``to_trainer_dict`` is what CXR-CLIP's ``convert_dictconfig_to_dict`` does
+    with it (DictConfig levels become dicts, list values stay ListConfig objects)."""
 
-    classes = {}
-    for module in ("omegaconf", "omegaconf.base", "omegaconf.dictconfig", "omegaconf.listconfig", "omegaconf.nodes"):
-        stack.setitem(sys.modules, module, types.ModuleType(module))
-    for module, name in [("omegaconf.base", "Metadata"), ("omegaconf.base", "ContainerMetadata"),
-                         ("omegaconf.dictconfig", "DictConfig"), ("omegaconf.listconfig", "ListConfig"),
-                         ("omegaconf.nodes", "AnyNode")]:
-        cls = type(name, (), {"__module__": module})
-        setattr(sys.modules[module], name, cls)
-        classes[name] = cls
+    MODULES = ("omegaconf", "omegaconf.base", "omegaconf.dictconfig", "omegaconf.listconfig", "omegaconf.nodes")
+    CLASSES = [("omegaconf.base", "Metadata"), ("omegaconf.base", "ContainerMetadata"),
+               ("omegaconf.dictconfig", "DictConfig"), ("omegaconf.listconfig", "ListConfig"),
+               ("omegaconf.nodes", "AnyNode"), ("omegaconf.nodes", "StringNode")]
 
-    def meta(kind, key, object_type):
-        m = classes[kind].__new__(classes[kind])
-        m.__dict__.update(ref_type=typing.Any, object_type=object_type, optional=True, key=key, flags={},
-                          flags_root=False, resolver_cache=collections.defaultdict(dict))
+    def __init__(self, stack):
+        import sys
+        import types
+
+        self.classes = {}
+        for module in self.MODULES:
+            stack.setitem(sys.modules, module, types.ModuleType(module))
+        for module, name in self.CLASSES:
+            cls = type(name, (), {"__module__": module})
+            setattr(sys.modules[module], name, cls)
+            self.classes[name] = cls
+
+    def _new(self, name, **fields):
+        obj = self.classes[name].__new__(self.classes[name])
+        obj.__dict__.update(fields)
+        return obj
+
+    def meta(self, kind, key, object_type, resolver_cache=None, flags=None):
+        import collections
+        import typing
+
+        m = self._new(kind, ref_type=typing.Any, object_type=object_type, optional=True, key=key, flags=flags,
+                      flags_root=False, resolver_cache=resolver_cache or collections.defaultdict(dict))
         if kind == "ContainerMetadata":
             m.__dict__.update(key_type=typing.Any if object_type is dict else int, element_type=typing.Any)
         return m
 
-    def node(value, key, parent):
-        n = classes["AnyNode"].__new__(classes["AnyNode"])
-        n.__dict__.update(_metadata=meta("Metadata", key, None), _parent=parent, _flags_cache=None, _val=value)
-        return n
+    def tree(self, value, key=None, parent=None, **root_meta):
+        if isinstance(value, dict):
+            node = self._new("DictConfig", _metadata=self.meta("ContainerMetadata", key, dict, **root_meta),
+                             _parent=parent)
+            node.__dict__["_content"] = {k: self.tree(v, k, node) for k, v in value.items()}
+        elif isinstance(value, list):
+            node = self._new("ListConfig", _metadata=self.meta("ContainerMetadata", key, list), _parent=parent)
+            node.__dict__["_content"] = [self.tree(v, i, node) for i, v in enumerate(value)]
+        else:
+            kind = "StringNode" if isinstance(value, str) and key == "name" else "AnyNode"
+            node = self._new(kind, _metadata=self.meta("Metadata", key, None), _parent=parent, _val=value)
+        return node
 
-    def list_config(values, key, parent):
-        lc = classes["ListConfig"].__new__(classes["ListConfig"])
-        lc.__dict__.update(_metadata=meta("ContainerMetadata", key, list), _parent=parent, _flags_cache=None)
-        lc.__dict__["_content"] = [node(v, i, lc) for i, v in enumerate(values)]
-        return lc
-
-    def dict_config(key, parent):
-        dc = classes["DictConfig"].__new__(classes["DictConfig"])
-        dc.__dict__.update(_metadata=meta("ContainerMetadata", key, dict), _parent=parent, _flags_cache=None,
-                           _content={})
-        return dc
-
-    return dict_config, list_config
+    def to_trainer_dict(self, node):
+        if type(node) is self.classes["DictConfig"]:
+            return {k: self.to_trainer_dict(v) for k, v in node._content.items()}
+        if type(node) in (self.classes["AnyNode"], self.classes["StringNode"]):
+            return node._val
+        return node  # a ListConfig, as DictConfig.items() hands it out
 
 
-def test_config_with_omegaconf_lists_loads_without_omegaconf(tmp_path, swin_tar, bert_dir, swin_dir, monkeypatch):
-    """Upstream converts only the DictConfig levels of its hydra config to dicts: list values are
-    still ListConfig objects (pointing at their parent DictConfig) in the saved .tar. They are
-    read as plain lists, without omegaconf and without trust_pickle."""
+def hydra_trained_tar(path, state, stack, **extra):
+    """A .tar as ``cxrclip/trainer.py`` writes it after a real ``@hydra.main`` run: the config
+    composed as OmegaConf containers, hydra's ``${now:...}`` resolver cache filled in the root's
+    metadata (keys are the tuples of argument strings omegaconf caches by), DictConfig levels
+    converted to dicts, list values (transform scale, optimizer betas, loss list) still
+    ListConfigs pointing up to that root; real AdamW and LambdaLR state dicts."""
+    import collections
+
+    omega = FakeOmegaConf(stack)
+    cfg = upstream_config("swin")
+    cfg["transform"]["train"] = {"RandomResizedCrop": {"size": 224, "scale": [0.8, 1.1]}, "CLAHE": {"clip_limit": 4.0}}
+    cfg["optimizer"] = {"name": "adamw", "config": {"lr": 5e-5, "weight_decay": 1e-4, "betas": [0.9, 0.999]}}
+    cfg["loss"] = {"cxr_clip": {"loss_ratio": 1.0, "label_smoothing": [0.0, 0.1]}}
+    cfg["base"]["output"] = {"checkpoint": "./outputs/2023-04-12/09-41-07/checkpoints/"}
+    resolver_cache = collections.defaultdict(dict)
+    resolver_cache["now"][("%Y-%m-%d",)] = "2023-04-12"
+    resolver_cache["now"][("%H-%M-%S",)] = "09-41-07"
+    root = omega.tree(cfg, resolver_cache=resolver_cache, flags={"struct": True})
+    assert len(root._metadata.resolver_cache["now"]) == 2
+    config = omega.to_trainer_dict(root)
+    assert type(config["transform"]["train"]["RandomResizedCrop"]["scale"]).__name__ == "ListConfig"
+
+    param = torch.nn.Parameter(torch.zeros(3))
+    opt = torch.optim.AdamW([param], lr=5e-5, weight_decay=1e-4)
+    param.grad = torch.ones(3)
+    opt.step()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    save_tar(path, state, config, **extra)
+    checkpoint = torch.load(path, weights_only=False)  # what the trainer's dict became on disk
+    checkpoint["optimizer"], checkpoint["scheduler"] = opt.state_dict(), sched.state_dict()
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_hydra_trained_tar_loads_safely_without_omegaconf(tmp_path, swin_tar, bert_dir, swin_dir, monkeypatch, texts):
+    """The root config's resolver cache (a non-empty defaultdict, reachable from every ListConfig
+    through its parents) and the ListConfigs are read by inert stand-ins: no trust_pickle, no
+    omegaconf; the model equals the one from the plain-dict .tar."""
     import sys
 
-    path = tmp_path / "swint_hydra.tar"
+    path = tmp_path / "model-best.tar"
     with monkeypatch.context() as stack:
-        dict_config, list_config = _fake_omegaconf(stack)
-        parent = dict_config("RandomResizedCrop", None)
-        scale = list_config([0.8, 1.1], "scale", parent)
-        parent.__dict__["_content"] = {"scale": scale}
-        cfg = upstream_config("swin")
-        cfg["transform"] = {"train": {"RandomResizedCrop": {"size": 224, "scale": scale}}}
-        cfg["optimizer"] = {"name": "adamw", "config": {"betas": list_config([0.9, 0.999], "betas", None)}}
-        save_tar(path, swin_tar[1], cfg)
+        hydra_trained_tar(path, swin_tar[1], stack)
     assert "omegaconf.listconfig" not in sys.modules or not hasattr(sys.modules["omegaconf.listconfig"], "ListConfig")
+    unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    assert "collections.defaultdict" in unsafe and "omegaconf.listconfig.ListConfig" in unsafe
     from pytest_medrobust.models.hub import load_checkpoint_file
 
     loaded = load_checkpoint_file(path, model="cxr-clip")
     assert loaded["config"]["transform"]["train"]["RandomResizedCrop"]["scale"] == [0.8, 1.1]
     assert loaded["config"]["optimizer"]["config"]["betas"] == [0.9, 0.999]
+    assert loaded["config"]["loss"]["cxr_clip"]["label_smoothing"] == [0.0, 0.1]
+    assert loaded["config"]["model"]["image_encoder"]["model_type"] == "swin"
+    opts = dict(text_model_dir=str(bert_dir), vision_model_dir=str(swin_dir))
+    model = load_cxr_clip(checkpoint=str(path), **opts)
+    plain = load_cxr_clip(checkpoint=str(swin_tar[0]), **opts)
+    assert torch.equal(model.encode_texts(texts), plain.encode_texts(texts))
+
+
+def test_refusal_names_the_exact_global(tmp_path, swin_tar, bert_dir, swin_dir, monkeypatch):
+    """Only what the stand-ins cover is let through: another class in the same hydra checkpoint
+    is refused by name (not torch's generic text); with trust_pickle=True the file is unpickled
+    with omegaconf classes still read by the stand-ins, so omegaconf need not be installed."""
+    import collections
+
+    path = tmp_path / "model-last.tar"
+    with monkeypatch.context() as stack:
+        hydra_trained_tar(path, swin_tar[1], stack, args=argparse.Namespace(lr=1e-4),
+                          counts=collections.Counter(a=1), queue=collections.deque([1, 2]))
+    opts = dict(text_model_dir=str(bert_dir), vision_model_dir=str(swin_dir))
+    with pytest.raises(ModelLoadError) as err:
+        load_cxr_clip(checkpoint=str(path), **opts)
+    msg = str(err.value)
+    assert "it stores the Python object argparse.Namespace" in msg and "collections.deque" in msg
+    assert "add_safe_globals" not in msg and "omegaconf" not in msg and "defaultdict" not in msg
+    assert "trust_pickle=True" in msg and str(path) in msg
+    model = load_cxr_clip(checkpoint=str(path), trust_pickle=True, **opts)
+    assert model.encode_texts(["edema"]).shape == (1, 24)
+
+
+def test_unknown_omegaconf_class_is_refused_by_name(tmp_path, swin_tar, monkeypatch):
+    from pytest_medrobust.models.hub import load_checkpoint_file
+
+    path = tmp_path / "odd.tar"
+    with monkeypatch.context() as stack:
+        omega = FakeOmegaConf(stack)
+        import sys
+
+        odd = type("EnumNode2", (), {"__module__": "omegaconf.nodes"})
+        stack.setattr(sys.modules["omegaconf.nodes"], "EnumNode2", odd, raising=False)
+        cfg = upstream_config("swin")
+        cfg["extra"] = {"scale": omega.tree([1, 2]), "odd": odd()}
+        save_tar(path, swin_tar[1], cfg)
+    with pytest.raises(ModelLoadError, match=r"refused it: it stores the Python object omegaconf\.nodes\.EnumNode2\)"):
+        load_checkpoint_file(path, model="cxr-clip")
+    with pytest.raises(ModelLoadError, match="needs the Python module 'omegaconf'"):
+        load_checkpoint_file(path, model="cxr-clip", trust_pickle=True)
+
+
+def test_config_with_omegaconf_lists_loads_without_omegaconf(tmp_path, swin_tar, bert_dir, swin_dir, monkeypatch):
+    """A ListConfig whose parents carry only empty resolver caches (a config never resolved with
+    ``${now:}``) is read as a plain list too."""
+    path = tmp_path / "swint_hydra.tar"
+    with monkeypatch.context() as stack:
+        omega = FakeOmegaConf(stack)
+        cfg = upstream_config("swin")
+        parent = omega.tree({"scale": [0.8, 1.1]}, "RandomResizedCrop")
+        cfg["transform"] = {"train": {"RandomResizedCrop": {"size": 224, "scale": parent._content["scale"]}}}
+        save_tar(path, swin_tar[1], cfg)
+    from pytest_medrobust.models.hub import load_checkpoint_file
+
+    loaded = load_checkpoint_file(path, model="cxr-clip")
+    assert loaded["config"]["transform"]["train"]["RandomResizedCrop"]["scale"] == [0.8, 1.1]
     model = load_cxr_clip(checkpoint=str(path), text_model_dir=str(bert_dir), vision_model_dir=str(swin_dir))
     assert model.encode_texts(["edema"]).shape == (1, 24)
 
@@ -279,7 +384,7 @@ def test_missing_hub_pieces_offline(swin_tar, tmp_path, swin_dir):
 
 
 def test_bad_inputs(tmp_path, swin_tar, bert_dir):
-    with pytest.raises(ModelLoadError, match="cxr-clip: no weights given; pass checkpoint=.*kakaobrain/cxr-clip"):
+    with pytest.raises(ModelLoadError, match="cxr-clip: no weights given; pass checkpoint=.*Soombit-ai/cxr-clip"):
         load_cxr_clip()
     cfg = upstream_config("swin")
     cfg["model"]["image_encoder"] = {"source": "huggingface", "name": "google/vit-base-patch16-224", "model_type": "vit"}
