@@ -27,11 +27,12 @@ from pathlib import Path
 
 import torch
 
+from pytest_medrobust.cells import Cell
 from pytest_medrobust.config import Settings
 from pytest_medrobust.datasets import to_batch
 from pytest_medrobust.datasets.phantom import write_split
 from pytest_medrobust.models import ModelSpec
-from pytest_medrobust.runner import Cell, GridRunner
+from pytest_medrobust.runner import GridRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = (0.0, 0.1, 0.3, 0.5)
@@ -159,7 +160,8 @@ def main() -> None:
             print(f"{label}: wall time per image as N grows (flat = linear): {per_image}")
         if not args.quick:
             cold, warm = pytest_default_grid(work)
-            print(f"default `pytest --medrobust-only` grid (two processes): cold {cold:.1f}s, warm {warm:.1f}s, warm/cold {warm / cold:.3f}")
+            print(f"default `pytest --medrobust-only` grid (two processes): cold {cold:.1f}s, warm {warm:.1f}s, "
+                  f"warm/cold {warm / cold:.3f}")
 
 
 if __name__ == "__main__":

@@ -68,15 +68,15 @@ def merge_shards(paths: Sequence[Path]) -> tuple[dict[str, Any], list[dict[str, 
     weights: dict[str, tuple[str, Path]] = {}
     for path, data in shards:
         for name, card in (data.get("models") or {}).items():
-            sha = (card or {}).get("sha256")
+            sha = str((card or {}).get("sha256"))
             if name in weights and sha != weights[name][0]:
                 raise MedrobustError(f"{path}: model {name!r} has other weights (sha256) than in {weights[name][1]}")
             weights.setdefault(name, (sha, path))
         if data.get("seed") != first.get("seed"):
             raise MedrobustError(f"{path}: seed {data.get('seed')!r} differs from {first_path}'s {first.get('seed')!r}")
-        sha = (data.get("dataset") or {}).get("sha256")
-        if sha != (first.get("dataset") or {}).get("sha256"):
-            raise MedrobustError(f"{path}: dataset fingerprint {sha} differs from {first_path}'s")
+        dataset_sha = (data.get("dataset") or {}).get("sha256")
+        if dataset_sha != (first.get("dataset") or {}).get("sha256"):
+            raise MedrobustError(f"{path}: dataset fingerprint {dataset_sha} differs from {first_path}'s")
         for cell in data["cells"]:
             key = f"{cell.get('kind', 'grid')}:{cell['id']}"
             if key in records and records[key].get("metrics") != cell.get("metrics"):
@@ -107,7 +107,8 @@ def _merge(args: argparse.Namespace) -> int:
     summary = merged["summary"]
     for path in written:
         print(f"wrote {path}")
-    print(f"gate {summary['verdict'].upper()}: {summary['passed']} passed, {summary['failed']} failed, {summary['errors']} errors")
+    counts = f"{summary['passed']} passed, {summary['failed']} failed, {summary['errors']} errors"
+    print(f"gate {summary['verdict'].upper()}: {counts}")
     return 0 if summary["verdict"] == "pass" else 1
 
 

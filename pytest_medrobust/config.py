@@ -16,9 +16,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .cells import level_key
 from .errors import ConfigError, MedrobustError
+from .gate.thresholds import Thresholds
 from .models import ModelSpec
-from .thresholds import Thresholds
 
 if TYPE_CHECKING:
     import pytest
@@ -99,7 +100,7 @@ class Settings:
     baseline: BaselineSettings = field(default_factory=BaselineSettings)
     cache_dir: Path = Path(".medrobust_cache")
     cache: bool = True
-    precision: str = "auto"  # auto: bf16 autocast on CUDA where supported, fp32 on CPU
+    precision: str = "auto"  # auto: fp32 everywhere; bf16 / fp16 autocast are opt-in
     shard: tuple[int, int] | None = None  # (index, count), 1-based index
 
     @property
@@ -175,7 +176,7 @@ def parse_levels(value: Any, where: str) -> tuple[float, ...]:
             raise ConfigError(f"{where}: occlusion level {item!r} is not a number") from None
         if math.isnan(level) or not 0.0 <= level < 1.0:
             raise ConfigError(f"{where}: occlusion level {level} is outside [0, 1)")
-        levels.append(round(level, 6))
+        levels.append(level_key(level))
     if not levels:
         raise ConfigError(f"{where}: no occlusion levels given")
     # The clean baseline is always measured: retention thresholds need it.
@@ -286,14 +287,47 @@ def read_toml_table(path: Path, *, required: bool) -> dict[str, Any]:
     return table
 
 
-def resolve_dataset_spec(spec: str, base: Path) -> str:
-    """A manifest path, or the path of ``loader:path``, made absolute against ``base``."""
-    from .datasets import LOADERS
+def resolve_dataset_spec(spec: str, base: Path, where: str = "dataset") -> str:
+    """A manifest path, or the path of ``loader:path``, made absolute against ``base``.
+
+    ``name:...`` with a name that is no loader is an error listing the loaders (a single letter
+    is a Windows drive, and a name with a slash is a path)."""
+    from .datasets import LOADERS, available_loaders
 
     loader, sep, rest = spec.partition(":")
     if sep and loader in LOADERS:
         return f"{loader}:{base / rest}" if rest else spec
+    if sep and len(loader) > 1 and "/" not in loader and "\\" not in loader and not (base / spec).exists():
+        raise ConfigError(
+            f"{where}: unknown dataset loader {loader!r} in {spec!r}; known loaders: {', '.join(available_loaders())} "
+            "(or give a manifest path)"
+        )
     return str(base / spec)
+
+
+DATASET_OPTION_CHECKS = {"limit", "on_bad_rows", "image_root"}
+
+
+def _parse_dataset_options(table: Any, where: str, base: Path | None) -> dict[str, Any]:
+    """Loader options pass through to the loader, except the common ones checked here."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where} must be a table")
+    options = dict(table)
+    flags = {"limit": "--medrobust-limit", "on_bad_rows": "--medrobust-on-bad-rows", "image_root": "--medrobust-image-root"}
+
+    def name(key: str) -> str:
+        return flags[key] if where.startswith("--") else f"{where}.{key}"
+
+    if "limit" in options:
+        options["limit"] = parse_int(options["limit"], name("limit"), 1)
+    if "on_bad_rows" in options and options["on_bad_rows"] not in ("error", "drop"):
+        raise ConfigError(f"{name('on_bad_rows')}: must be error or drop, got {options['on_bad_rows']!r}")
+    if "image_root" in options:
+        root = options["image_root"]
+        if not isinstance(root, str) or not root.strip():
+            raise ConfigError(f"{name('image_root')}: expected a folder path, got {root!r}")
+        options["image_root"] = str((base or Path()) / root)
+    return options
 
 
 def apply_table(settings: Settings, table: Mapping[str, Any], source: str, base: Path | None = None) -> Settings:
@@ -314,12 +348,17 @@ def apply_table(settings: Settings, table: Mapping[str, Any], source: str, base:
         changes["models"] = models
         changes["model_definitions"] = {**settings.model_definitions, **{m.name: m for m in models}}
     if "dataset" in table:
-        spec = str(table["dataset"]) or None
-        changes["dataset"] = resolve_dataset_spec(spec, base) if spec and base is not None else spec
+        spec = table["dataset"]
+        if not isinstance(spec, str) or not spec.strip():
+            # An unset $DATA in a CI script must not quietly gate the bundled demo data.
+            raise ConfigError(
+                f"{where('dataset')}: the dataset is empty ({spec!r}); give a manifest path or loader:path, "
+                "or leave the option out entirely to run the bundled demo dataset"
+            )
+        changes["dataset"] = resolve_dataset_spec(spec.strip(), base or Path(), where("dataset"))
     if "dataset_options" in table:
-        if not isinstance(table["dataset_options"], Mapping):
-            raise ConfigError(f"{where('dataset_options')} must be a table")
-        changes["dataset_options"] = dict(table["dataset_options"])
+        options = _parse_dataset_options(table["dataset_options"], where("dataset_options"), base)
+        changes["dataset_options"] = {**settings.dataset_options, **options}
     if "levels" in table:
         changes["levels"] = parse_levels(table["levels"], where("levels"))
     if "patches" in table:
@@ -358,6 +397,15 @@ def apply_table(settings: Settings, table: Mapping[str, Any], source: str, base:
     return replace(settings, **changes)
 
 
+def _sub(where: str, section: str, key: str) -> str:
+    """How a message names ``section.key``: its flag on the command line, else ``where.key``."""
+    if where.startswith("--"):
+        from .options import settings_keys
+
+        return settings_keys().get(f"{section}.{key}", f"{where}.{key}")
+    return f"{where}.{key}"
+
+
 def _check_table(table: Any, allowed: set[str], where: str) -> None:
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where} must be a table")
@@ -382,7 +430,7 @@ def _parse_bootstrap(current: BootstrapSettings, table: Any, where: str) -> Boot
     _check_table(table, {"resamples", "confidence"}, where)
     changes: dict[str, Any] = {}
     if "resamples" in table:
-        changes["resamples"] = parse_int(table["resamples"], f"{where}.resamples", 0)
+        changes["resamples"] = parse_int(table["resamples"], _sub(where, "bootstrap", "resamples"), 0)
     if "confidence" in table:
         changes["confidence"] = parse_fraction(table["confidence"], f"{where}.confidence", low=0.5, high=0.999)
     return replace(current, **changes)
@@ -397,11 +445,13 @@ def _parse_baseline(current: BaselineSettings, table: Any, where: str, base: Pat
             changes[key] = (base or Path()) / str(table[key]) if table[key] else None
     for key in ("tolerance_abs", "tolerance_rel"):
         if key in table:
-            changes[key] = None if table[key] is None else parse_fraction(table[key], f"{where}.{key}", high=1e9)
+            changes[key] = None if table[key] is None else parse_fraction(table[key], _sub(where, "baseline", key), high=1e9)
     if "metrics" in table:
         changes["metrics"] = tuple(_split(table["metrics"])) or None
     if "allow_dataset_mismatch" in table:
-        changes["allow_dataset_mismatch"] = parse_bool(table["allow_dataset_mismatch"], f"{where}.allow_dataset_mismatch")
+        changes["allow_dataset_mismatch"] = parse_bool(
+            table["allow_dataset_mismatch"], _sub(where, "baseline", "allow_dataset_mismatch")
+        )
     return replace(current, **changes)
 
 
@@ -413,7 +463,11 @@ def _parse_search(current: SearchSettings, table: Any, where: str) -> SearchSett
     if "levels" in table:
         changes["levels"] = tuple(x for x in parse_levels(table["levels"], f"{where}.levels") if x > 0)
     if "max_examples" in table:
-        changes["max_examples"] = parse_int(table["max_examples"], f"{where}.max_examples", 1)
+        # 0 is how the search is turned off (as --medrobust-search-examples 0).
+        examples = parse_int(table["max_examples"], _sub(where, "search", "max_examples"), 0)
+        changes["max_examples"] = max(1, examples)
+        if "enabled" not in table:  # a count switches the search on, 0 off; an explicit enabled wins
+            changes["enabled"] = examples > 0
     if "profile" in table:
         changes["profile"] = str(table["profile"])
     return replace(current, **changes)
@@ -429,9 +483,8 @@ def build_settings(pyproject: Path, config_file: str | None, cli: Mapping[str, A
     if config_file:
         path = invocation_dir / config_file
         settings = apply_table(settings, read_toml_table(path, required=True), str(config_file), path.parent)
-    given = {k: v for k, v in cli.items() if v is not None}
-    if given:
-        settings = apply_table(settings, given, "command line", invocation_dir)
+    if cli:
+        settings = apply_table(settings, cli, "command line", invocation_dir)
     return settings
 
 
@@ -443,12 +496,12 @@ def validate_names(settings: Settings) -> None:
     from .occlusion import get_patch
 
     for spec in settings.models:
-        check_known(spec)
+        check_known(spec, settings.model_definitions)
     for patch in settings.patches:
         get_patch(patch)
-    from .metrics import metric_names
+    from .metrics import metric_names as measured_metrics
 
-    metric_names = metric_names(settings.ks)
+    metric_names = measured_metrics(settings.ks)
     if settings.primary_metric not in metric_names:
         raise ConfigError(
             f"primary_metric {settings.primary_metric!r} is not measured with k = {list(settings.ks)} "
@@ -460,6 +513,8 @@ def validate_names(settings: Settings) -> None:
                 f"thresholds: {rule.metric!r} is not measured with k = {list(settings.ks)} (--medrobust-k); "
                 f"measured: {', '.join(metric_names)}"
             )
+    _check_rules_match(settings)
+    _check_image_root(settings)
     if settings.thresholds.gate == "lower" and settings.bootstrap.resamples == 0:
         raise ConfigError("thresholds.gate = 'lower' needs bootstrap intervals; --medrobust-bootstrap is 0")
     if settings.device.startswith("cuda"):
@@ -469,47 +524,56 @@ def validate_names(settings: Settings) -> None:
             raise ConfigError(f"--medrobust-device {settings.device}: CUDA is not available on this machine")
 
 
-def settings_from_pytest(config: pytest.Config, cli_keys: Mapping[str, str]) -> Settings:
-    """The settings of a pytest run: its options (``cli_keys`` maps option dests to table keys)
-    over the config files, paths made absolute, names and the report folder checked."""
-    cli = {key: config.getoption(dest) for dest, key in cli_keys.items()}
-    cli["bootstrap"] = config.getoption("medrobust_bootstrap")
-    dataset_cli = {
-        key: config.getoption(dest)
-        for dest, key in (("medrobust_limit", "limit"), ("medrobust_on_bad_rows", "on_bad_rows"))
-        if config.getoption(dest) is not None
-    }
-    baseline = {
-        key: config.getoption(dest)
-        for dest, key in (
-            ("medrobust_baseline", "path"),
-            ("medrobust_save_baseline", "save_path"),
-            ("medrobust_baseline_tolerance", "tolerance_abs"),
-            ("medrobust_allow_baseline_mismatch", "allow_dataset_mismatch"),
+def _check_image_root(settings: Settings) -> None:
+    """``image_root`` means something to manifests only; elsewhere it would be ignored or crash."""
+    if "image_root" not in settings.dataset_options:
+        return
+    from .datasets import parse_spec
+
+    loader, _ = parse_spec(settings.dataset)
+    if loader != "manifest":
+        raise ConfigError(
+            f"--medrobust-image-root / dataset_options.image_root applies to manifest datasets only, "
+            f"not to the {loader!r} loader (it finds its images under its own path)"
         )
-        if config.getoption(dest) is not None
-    }
-    cli["baseline"] = baseline or None
+
+
+def _check_rules_match(settings: Settings) -> None:
+    """A rule whose model or patch pattern matches nothing of this run is a typo that would
+    silently drop a limit (``model = "demo-plian"``): an error, naming the rule's pattern."""
+    from fnmatch import fnmatchcase
+
+    models, patches = settings.model_names, list(settings.patches)
+    for rule in settings.thresholds.rules:
+        for field_name, pattern, names in (("model", rule.model, models), ("patch", rule.patch, patches)):
+            if not any(fnmatchcase(n, pattern) for n in names):
+                raise ConfigError(
+                    f"thresholds: a rule for {rule.metric!r} has {field_name} = {pattern!r}, which matches no "
+                    f"{field_name} of this run ({', '.join(names)})"
+                )
+    reference = settings.thresholds.reference
+    if reference is not None and reference["model"] not in models:
+        raise ConfigError(
+            f"thresholds.reference: model {reference['model']!r} is not a model of this run ({', '.join(models)})"
+        )
+
+
+def settings_from_pytest(config: pytest.Config) -> Settings:
+    """The settings of a pytest run: its options (see options.py) over the config files, paths
+    made absolute, names and the report folder checked."""
+    from .options import command_line_table
+
     inipath = config.inipath
     pyproject = inipath if inipath is not None and inipath.name == "pyproject.toml" else config.rootpath / "pyproject.toml"
-    settings = build_settings(pyproject, config.getoption("medrobust_config"), cli, config.invocation_params.dir)
-    if dataset_cli:
-        if dataset_cli.get("limit", 1) < 1:
-            raise MedrobustError(f"--medrobust-limit must be >= 1, got {dataset_cli['limit']}")
-        settings = replace(settings, dataset_options={**settings.dataset_options, **dataset_cli})
-    examples = config.getoption("medrobust_search_examples")
-    if examples is not None:
-        if examples < 0:
-            raise MedrobustError(f"--medrobust-search-examples must be >= 0, got {examples}")
-        settings = replace(settings, search=replace(settings.search, enabled=examples > 0, max_examples=max(1, examples)))
-    if config.getoption("medrobust_no_cache"):
-        settings = replace(settings, cache=False)
+    settings = build_settings(
+        pyproject, config.getoption("medrobust_config"), command_line_table(config), config.invocation_params.dir
+    )
     home = _project_dir(config)
     if not settings.cache_dir.is_absolute():
         settings = replace(settings, cache_dir=home / settings.cache_dir)
     validate_names(settings)
     if settings.baseline.path is not None:
-        from .reporting.baseline import load_baseline
+        from .gate import load_baseline
 
         load_baseline(settings.baseline.path)  # a corrupt or wrong-schema file fails now
     if not settings.report_dir.is_absolute():

@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from .cells import Cell, CellRecord
 from .errors import MedrobustError
 
 if TYPE_CHECKING:
     from .config import Settings
-    from .runner import Cell, GridRunner, Measurement
-    from .thresholds import Verdict
+    from .gate import Verdict
+    from .runner import GridRunner, Measurement
+
 
 class GateFailure(AssertionError):
     """A cell's metrics do not meet its thresholds; the message lists every failed limit."""
@@ -40,8 +42,6 @@ class ModelCells(pytest.Collector):
     they run on one worker, which loads the model once."""
 
     def collect(self) -> Iterator[pytest.Item]:
-        from .runner import Cell
-
         settings: Settings = self.config.stash[SETTINGS_KEY]
         cells = [Cell(self.name, patch, level) for patch in settings.patches for level in settings.levels]
         if settings.search.enabled:
@@ -74,38 +74,30 @@ class CellItem(pytest.Item):
             self.runner.prepare(self.cell.model)
             return
         except MedrobustError as exc:
+            first = self.runner.first_cell_with(exc, self.cell.id)
             message = str(exc)
-        # A setup failure is reported as an error; outside the except block and with
-        # pytrace=False it shows just the message, once.
+            if first != self.cell.id:
+                # The full message stands once, under the first cell; the others point at it.
+                message = f"set-up error, as in {first}: {message.splitlines()[0][:160]}"
+        # Outside the except block and with pytrace=False, pytest shows just the message.
         pytest.fail(message, pytrace=False)
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
         return self.path, None, f"medrobust {self.cell.kind} cell {self.cell.id}"
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, (GateFailure, MedrobustError)):
             return str(excinfo.value)
         return super().repr_failure(excinfo, style=style)
 
-    def base_record(self) -> dict[str, Any]:
+    def base_record(self) -> CellRecord:
         c = self.cell
         return {"id": c.id, "kind": c.kind, "model": c.model, "patch": c.patch, "level": c.level}
-
-    def judge(self, measurement: Measurement) -> Verdict:
-        """The cell's thresholds, on the point estimate or the bootstrap lower bound (the baseline
-        is checked in :meth:`finish`, once per cell, not per search example)."""
-        c = self.cell
-        clean = self.runner.clean(c.model).metrics if c.level > 0 else None
-        intervals = self.runner.intervals(measurement)
-        chance = self.runner.chance(list(measurement.metrics))
-        return self.settings.thresholds.evaluate(
-            c.id, c.model, c.patch, c.level, measurement.metrics, clean, intervals, chance
-        )
 
     def finish(self, measurement: Measurement, verdict: Verdict, extra: dict[str, Any] | None = None) -> None:
         """Record the cell (for the JSON and junit), then fail if a limit was not met."""
         runner = self.runner
-        record = {
+        record: CellRecord = {
             **self.base_record(),
             "n_images": measurement.n_images,
             "metrics": measurement.metrics,
@@ -115,14 +107,15 @@ class CellItem(pytest.Item):
             "search": None,
             "duration_s": round(measurement.seconds, 3),
             "cached": measurement.cached,
-            **(extra or {}),
+            "hits": runner.hits(measurement),
+            **(extra or {}),  # type: ignore[typeddict-item]
         }
-        record["failures"] += runner.baseline_failures(record)
         passed = not record["failures"]
-        record.update(passed=passed, outcome="passed" if passed else "failed", error=None)
+        record["passed"], record["outcome"], record["error"] = passed, "passed" if passed else "failed", None
         record["model_card"] = runner.model_card(self.cell.model)
         record["dataset"] = runner.dataset().card()
         record["device"] = runner.device_name
+        self.config.hook.pytest_medrobust_cell_record(record=record, config=self.config)
         # Plain JSON values only (a user's card() may hold paths or numpy numbers): the record
         # travels to the xdist controller and into the results JSON.
         self.record = json.loads(json.dumps(record, default=str))
@@ -140,7 +133,7 @@ class RecallCell(CellItem):
 
     def runtest(self) -> None:
         measurement = self.runner.measure(self.cell.model, self.cell.patch, self.cell.level)
-        self.finish(measurement, self.judge(measurement))
+        self.finish(measurement, self.runner.verdict(self.cell, measurement))
 
 
 class WorstPlacementCell(CellItem):
@@ -151,10 +144,14 @@ class WorstPlacementCell(CellItem):
     def runtest(self) -> None:
         from .search import search_worst_placement
 
-        outcome = search_worst_placement(self.runner, self.cell, self.judge)
+        outcome = search_worst_placement(self.runner, self.cell)
         extra: dict[str, Any] = {"search": outcome.to_json()}
-        if outcome.picture is not None:
-            extra["search"]["picture_png_base64"] = base64.b64encode(outcome.picture).decode()
+        if outcome.failed:
+            from .reporting.pictures import render_mask_png
+
+            image, mask, occluded = self.runner.mask_preview(self.cell, outcome.policy)
+            picture = render_mask_png(image, mask, occluded=occluded, scale=2, label=outcome.policy.describe())
+            extra["search"]["picture_png_base64"] = base64.b64encode(picture).decode()
         try:
             self.finish(outcome.measurement, outcome.verdict, extra)
         except GateFailure as failure:
@@ -164,9 +161,9 @@ class WorstPlacementCell(CellItem):
             ) from None
 
 
-def error_record(item: CellItem, report: pytest.TestReport) -> dict[str, Any]:
+def error_record(item: CellItem, report: pytest.TestReport) -> CellRecord:
     message = str(report.longrepr) if report.longrepr is not None else "error"
-    return {
+    record: CellRecord = {
         **item.base_record(),
         "n_images": None,
         "metrics": {},
@@ -181,6 +178,8 @@ def error_record(item: CellItem, report: pytest.TestReport) -> dict[str, Any]:
         "duration_s": None,
         "device": item.runner.device_name,
     }
+    item.config.hook.pytest_medrobust_cell_record(record=record, config=item.config)
+    return record
 
 
 def in_shard(item: CellItem, index: int, count: int) -> bool:

@@ -8,79 +8,29 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from .errors import MedrobustError
 from .items import RUNNER_KEY, SETTINGS_KEY, CellItem, MedrobustGrid, error_record
 
-GRID_NODEID = "medrobust"
+if TYPE_CHECKING:
+    from .runner import GridRunner
 
-# option dest -> key of the [tool.medrobust] table
-_CLI_KEYS = {
-    "medrobust_models": "models",
-    "medrobust_dataset": "dataset",
-    "medrobust_levels": "levels",
-    "medrobust_patches": "patches",
-    "medrobust_k": "k",
-    "medrobust_seed": "seed",
-    "medrobust_device": "device",
-    "medrobust_report_dir": "report_dir",
-    "medrobust_batch_size": "batch_size",
-    "medrobust_cache_dir": "cache_dir",
-    "medrobust_precision": "precision",
-    "medrobust_shard": "shard",
-}
+GRID_NODEID = "medrobust"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("medrobust", "robustness gate for image-report retrieval models")
-    add = group.addoption
-    add("--medrobust", action="store_true", default=False, help="run the robustness grid")
-    add(
-        "--medrobust-only",
-        action="store_true",
-        default=False,
-        help="run the robustness grid and collect nothing else (implies --medrobust)",
-    )
-    add("--medrobust-models", metavar="NAMES", help="comma-separated model names (default: demo-plain,demo-occaug)")
-    add("--medrobust-dataset", metavar="SPEC", help="manifest path, or loader:path (default: bundled phantom)")
-    add("--medrobust-limit", metavar="N", type=int, help="use a seeded, stable subset of N rows of the dataset")
-    add(
-        "--medrobust-on-bad-rows",
-        choices=("error", "drop"),
-        help="bad dataset rows: error (default) lists them and stops; drop skips and records them",
-    )
-    add("--medrobust-levels", metavar="LEVELS", help="occluded area fractions in [0, 1), e.g. 0,0.1,0.3,0.5")
-    add("--medrobust-patches", metavar="NAMES", help="comma-separated patch types (default: black_box)")
-    add("--medrobust-k", metavar="KS", help="Recall@k cut-offs (default: 1,5,10)")
-    add("--medrobust-seed", metavar="INT", help="seed of every occluder placement (default: 0)")
-    add("--medrobust-device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N (default: auto)")
-    add("--medrobust-report-dir", metavar="DIR", help="where reports are written (default: reports/)")
-    add("--medrobust-batch-size", metavar="N", help="images per forward pass (default: 64)")
-    add("--medrobust-config", metavar="FILE", help="a TOML file with a [tool.medrobust] table")
-    add("--medrobust-precision", metavar="P", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16")
-    add("--medrobust-cache-dir", metavar="DIR", help="embedding cache (default: .medrobust_cache in the rootdir)")
-    add("--medrobust-no-cache", action="store_true", default=False, help="neither read nor write the cache")
-    add("--medrobust-cache-clear", action="store_true", default=False, help="empty the cache before the run")
-    add("--medrobust-shard", metavar="I/N", help="run the I-th of N stable shares of the grid (merge with `medrobust merge`)")
-    add("--medrobust-bootstrap", metavar="N", help="bootstrap resamples per cell for the intervals (default: 1000; 0 off)")
-    add("--medrobust-baseline", metavar="PATH", help="fail cells whose metrics fell against this saved baseline")
-    add("--medrobust-save-baseline", metavar="PATH", help="save this run's metrics as a baseline")
-    add("--medrobust-baseline-tolerance", metavar="DELTA", help="allowed fall against the baseline (default: 0.02)")
-    add(
-        "--medrobust-allow-baseline-mismatch",
-        action="store_true",
-        default=None,
-        help="compare with a baseline made on a different dataset fingerprint",
-    )
-    add(
-        "--medrobust-search-examples",
-        metavar="N",
-        type=int,
-        help="Hypothesis placements tried per search cell (default: 8; 0 turns the search cells off)",
-    )
+    from .options import add_options
+
+    add_options(parser)
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -110,7 +60,7 @@ def pytest_configure(config: pytest.Config) -> None:
     from .config import settings_from_pytest
 
     try:
-        settings = settings_from_pytest(config, _CLI_KEYS)
+        settings = settings_from_pytest(config)
     except MedrobustError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.pluginmanager.register(GatePlugin(config, settings), "medrobust-gate")
@@ -141,6 +91,33 @@ class GatePlugin:
         if config.getoption("medrobust_cache_clear") and not self.is_worker:
             runner.cache_root_clear()
 
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        """Check the dataset and every model once, before the grid (and before any xdist worker
+        starts): a broken set-up stops here with one message and exit status 4, not one error
+        per cell. The reports of the previous run are kept; the error goes beside them."""
+        if self.is_worker or self.config.option.collectonly:
+            return
+        runner: GridRunner = self.config.stash[RUNNER_KEY]
+        try:
+            runner.preflight(distributed=self.config.pluginmanager.has_plugin("dsession"))
+        except MedrobustError as exc:
+            from .reporting.outputs import write_error_report
+
+            path = write_error_report(self.settings, str(exc))
+            raise pytest.UsageError(
+                f"medrobust: set-up error, no cell was measured (verdict: error):\n{exc}\n"
+                f"wrote {path}; the reports of an earlier run in {path.parent} were left as they were"
+            ) from None
+
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        settings = self.settings
+        dataset = settings.dataset or "bundled demo dataset (phantom chest X-rays)"
+        return [
+            f"medrobust: dataset {dataset}",
+            f"medrobust: models {', '.join(settings.model_names)}; primary metric {settings.primary_metric}",
+        ]
+
     def _write_past_capture(self, text: str) -> None:
         import sys
 
@@ -153,12 +130,12 @@ class GatePlugin:
     def pytest_collection_modifyitems(self, session: pytest.Session, items: list[pytest.Item]) -> None:
         # tryfirst: the grid must be in `items` before -k / -m deselection and xdist see them.
         grid = MedrobustGrid.from_parent(session, name=GRID_NODEID, nodeid=GRID_NODEID)
-        cells = list(session.genitems(grid))
+        cells: list[pytest.Item] = list(session.genitems(grid))
         if self.settings.shard is not None:
             from .items import in_shard
 
             index, count = self.settings.shard
-            kept = [item for item in cells if in_shard(item, index, count)]
+            kept: list[pytest.Item] = [c for c in cells if isinstance(c, CellItem) and in_shard(c, index, count)]
             session.config.hook.pytest_deselected(items=[item for item in cells if item not in kept])
             cells = kept
         items.extend(cells)
@@ -176,11 +153,11 @@ class GatePlugin:
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]):
         report = yield
         if isinstance(item, CellItem):
-            record = None
+            record: dict[str, Any] | None = None
             if call.when == "call" and item.record is not None:
                 record = item.record
             elif call.when in ("setup", "call") and report.failed:
-                record = error_record(item, report)
+                record = dict(error_record(item, report))
             if record is not None:
                 report.medrobust = {**record, "nodeid": item.nodeid}
                 if call.when == "call":
@@ -195,15 +172,51 @@ class GatePlugin:
         if record is not None:
             self.records.append(record)
 
+    @pytest.hookimpl(tryfirst=True)  # before junitxml writes its file: the per-model properties
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.is_worker or self.config.option.collectonly:
             return
         from .reporting.outputs import write_reports
 
+        hook = self.config.hook
         interrupted = exitstatus == pytest.ExitCode.INTERRUPTED or session.shouldstop
         self.results, self.written = write_reports(
-            self.settings, self.records, expected=self.expected, interrupted=bool(interrupted)
+            self.settings,
+            self.records,
+            expected=self.expected,
+            interrupted=bool(interrupted),
+            on_results=lambda results: hook.pytest_medrobust_results(results=results, config=self.config),
+            extra_sections=lambda results: [
+                section
+                for sections in hook.pytest_medrobust_html_sections(results=results, config=self.config)
+                for section in sections or []
+            ],
         )
+        self._junit_properties(self.results)
+        verdict = self.results["summary"]["verdict"]
+        # The exit status tells a broken pipeline from a model that is not robust.
+        if verdict == "error":
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
+        elif verdict == "fail" and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # a model-level test (reference) failed
+
+    def _junit_properties(self, results: dict[str, Any]) -> None:
+        """Per-model verdicts and scores as junit testsuite properties (controller side, so they
+        survive xdist, unlike record_testsuite_property)."""
+        from _pytest.junitxml import xml_key
+
+        xml = self.config.stash.get(xml_key, None)
+        if xml is None:
+            return
+        xml.add_global_property("medrobust.verdict", results["summary"]["verdict"])
+        for summary in results.get("model_summaries", []):
+            name = summary["model"]
+            xml.add_global_property(f"medrobust.{name}.verdict", summary["verdict"])
+            for key in ("score", "auc", "mean_retention"):
+                if summary.get(key) is not None:
+                    xml.add_global_property(f"medrobust.{name}.{key}", f"{summary[key]:.6f}")
+            occluded = summary["occluded_cells"]
+            xml.add_global_property(f"medrobust.{name}.occluded_passed", f"{occluded['passed']}/{occluded['total']}")
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.is_worker or not self.results or not (self.results["cells"] or self.results["summary"]["missing"]):
@@ -215,7 +228,8 @@ class GatePlugin:
             terminalreporter.write_line(line)
         for path in self.written:
             terminalreporter.write_line(f"wrote {path}")
-        if self.settings.baseline.save_path is not None and self.results["summary"]["verdict"] == "incomplete":
+        verdict = self.results["summary"]["verdict"]
+        if self.settings.baseline.save_path is not None and verdict not in ("pass", "fail"):
             terminalreporter.write_line(
-                f"baseline NOT saved to {self.settings.baseline.save_path}: the run is incomplete", red=True
+                f"baseline NOT saved to {self.settings.baseline.save_path}: the run is {verdict}", red=True
             )

@@ -17,30 +17,16 @@ from typing import Any
 
 import torch
 
-from . import occlusion
-from . import __version__
-from .cache import EmbeddingCache, cache_key, tensor_fingerprint
+from . import __version__, occlusion
+from .cache import EmbeddingCache
+from .cells import LEVEL_DECIMALS, Cell
 from .config import Settings
 from .datasets import Dataset, decode_dataset, load_dataset, to_batch
 from .errors import MedrobustError
+from .gate import Verdict, chance_recall, check_compatible, judge_cell, load_baseline
+from .gate.compare import pack_hits
 from .metrics import Ranks, compute_ranks, summarize, unique_texts
 from .models import RetrievalModel, load_model, model_card
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One test of the grid: a model under one patch type at one occlusion level."""
-
-    model: str
-    patch: str
-    level: float
-    kind: str = "grid"  # "grid": seeded random placement; "search": Hypothesis worst case
-
-    @property
-    def id(self) -> str:
-        # Two decimals as in "0.30"; more where the level has them, so ids never collide.
-        level = f"{self.level:.2f}" if round(self.level, 2) == self.level else f"{self.level:g}"
-        return f"{self.model}-{self.patch}-{level}"
 
 
 @dataclass
@@ -89,11 +75,13 @@ def _share_cpu_threads(device: torch.device) -> None:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for model forwards, or None for plain fp32."""
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+    """The autocast dtype for model forwards, or None for plain fp32.
+
+    ``auto`` is fp32 on every device: the gate's numbers must match the upstream fp32 embeddings
+    and replay exactly, and bf16 moves them by up to ~1e-3 (docs/models.md, "How faithful").
+    bf16 and fp16 are opt-in (``--medrobust-precision``), for speed on a GPU."""
+    if precision in ("auto", "fp32"):
         return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
@@ -116,6 +104,7 @@ class GridRunner:
         self._specs = {m.name: m for m in settings.models}
         self._baseline: Any = None
         self._fingerprints: dict[str, str | None] = {}
+        self._error_cells: dict[int, str] = {}  # id of a remembered set-up error -> first cell
         self.cache = EmbeddingCache(settings.cache_dir / "v1" if settings.cache else None)
         self.progress_writer: Callable[[str], Any] = sys.stderr.write
 
@@ -184,16 +173,18 @@ class GridRunner:
         return model_card(self.model(name), self._specs[name])
 
     def fingerprint(self, name: str) -> str | None:
-        """What the model's numbers depend on: weights hash and preprocessing (None: unknown,
-        so its embeddings are not cached)."""
+        """What the model's numbers depend on: weights, code and preprocessing (None: unknown,
+        so its embeddings are not cached, which the run says once per model)."""
         if name not in self._fingerprints:
-            card = self.model_card(name)
-            weights = card.get("sha256") or tensor_fingerprint(self.model(name))
-            if weights is None:
-                self._fingerprints[name] = None
-            else:
-                card = {k: v for k, v in card.items() if k not in ("training", "n_parameters")}
-                self._fingerprints[name] = cache_key({"weights": weights, "card": card})
+            import warnings
+
+            from .cache import CacheWarning, missing_fingerprint, model_fingerprint
+
+            model, card = self.model(name), self.model_card(name)
+            found = model_fingerprint(model, card)
+            if found is None and self.cache.enabled:
+                warnings.warn(CacheWarning(missing_fingerprint(model, card)), stacklevel=2)
+            self._fingerprints[name] = found
         return self._fingerprints[name]
 
     def _cached(self, name: str, what: dict[str, Any], compute: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -218,10 +209,11 @@ class GridRunner:
         """The dataset at the model's input size (uint8 N x H x W), decoded once per geometry."""
         prepare = getattr(model, "prepare_image", None)
         # A model with its own prepare_image gets its own entry; the generic geometry is shared.
-        key = ("model", id(model)) if prepare else (tuple(model.input_size), model.geometry)
+        height, width = model.input_size
+        key = ("model", id(model)) if prepare else ((height, width), model.geometry)
         if key not in self._pixels:
             cache_dir = self.settings.cache_dir / "decoded" if self.settings.cache else None
-            pixels = decode_dataset(self.dataset(), tuple(model.input_size), model.geometry, prepare, cache_dir=cache_dir)
+            pixels = decode_dataset(self.dataset(), (height, width), model.geometry, prepare, cache_dir=cache_dir)
             # Pinned host memory lets the copies to the GPU run asynchronously.
             self._pixels[key] = pixels.pin_memory() if self.device.type == "cuda" else pixels
         return self._pixels[key]
@@ -231,6 +223,25 @@ class GridRunner:
         if name not in self._stats:
             self._stats[name] = occlusion.ImageStats().update(self.pixels(self.model(name))).as_dict()
         return self._stats[name]
+
+    def preflight(self, *, distributed: bool) -> None:
+        """Everything a cell needs, checked once before the grid runs, so a broken set-up is one
+        error rather than one per cell: the dataset (every row), the baseline, every model.
+
+        In-process the models stay loaded for the cells. Under xdist the workers load their own,
+        so here each model is built on the CPU once and dropped: that costs one extra load per
+        model, the price of learning about a broken model before any worker starts."""
+        self.dataset()
+        self.baseline()
+        for spec in self.settings.models:
+            if distributed:
+                load_model(spec, torch.device("cpu"))
+            else:
+                self.prepare(spec.name)
+
+    def first_cell_with(self, error: BaseException, cell_id: str) -> str:
+        """The id of the first cell that reported ``error`` (``cell_id`` if it is the first)."""
+        return self._error_cells.setdefault(id(error), cell_id)
 
     def prepare(self, name: str) -> None:
         """Load what a cell of this model needs: the dataset (every row checked), the model, and
@@ -297,7 +308,7 @@ class GridRunner:
         if key not in self._measured:
             seed = self.settings.seed
             if level > 0:
-                label = f"{occlusion.patch_label(occlusion.make_patch(patch))}|level={level:.6f}|seed={seed}"
+                label = f"{occlusion.patch_label(occlusion.make_patch(patch))}|level={level:.{LEVEL_DECIMALS}f}|seed={seed}"
                 stats = self.image_stats(name)
 
                 def occluder(images: torch.Tensor, ids: Sequence[str]) -> torch.Tensor:
@@ -315,6 +326,16 @@ class GridRunner:
     def clean(self, name: str) -> Measurement:
         return self.measure(name, "", 0.0)
 
+    def mask_preview(self, cell: Cell, policy: Any) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """The dataset's first image at the model's input size, its mask under ``policy`` and
+        the occluded image (for the picture of a search cell's failing placement)."""
+        image = to_batch(self.pixels(self.model(cell.model)), slice(0, 1), torch.device("cpu"))
+        occluded, masks = occlusion.occlude_with_policy(
+            image, self.dataset().ids[:1], policy, cell.patch, cell.level, self.settings.seed,
+            stats=self.image_stats(cell.model),
+        )
+        return image[0], masks[0], occluded[0]
+
     def cache_root_clear(self) -> None:
         """Remove what the cache folder holds of ours: embeddings, decoded images and file
         hashes. Other files in the folder (it may be one the user pointed at) are left alone."""
@@ -326,8 +347,6 @@ class GridRunner:
 
     def chance(self, metrics: Sequence[str]) -> dict[str, float]:
         """Each recall's chance level on this dataset (what random ranking scores)."""
-        from .thresholds import chance_recall
-
         dataset = self.dataset()
         n, unique = len(dataset.records), dataset.n_unique_reports
         levels = {m: chance_recall(m, n, unique) for m in metrics}
@@ -348,18 +367,28 @@ class GridRunner:
             measurement.intervals = {k: [float(lo), float(hi)] for k, (lo, hi) in found.items()}
         return measurement.intervals
 
-    def baseline_failures(self, cell: dict[str, Any]) -> list[str]:
-        """Messages for metrics that fell against the saved baseline, if one was given."""
-        options = self.settings.baseline
-        if options.path is None:
-            return []
-        from .reporting.baseline import compare_to_baseline
-
-        metrics = options.metrics or [m for m in cell["metrics"] if "_R@" in m]
-        failures = compare_to_baseline(
-            cell, self.baseline(), metrics=metrics, tolerance_abs=options.tolerance_abs, tolerance_rel=options.tolerance_rel
+    def verdict(self, cell: Cell, measurement: Measurement) -> Verdict:
+        """The gate's verdict on one measurement of ``cell``: its thresholds, on the point
+        estimate or the bootstrap lower bound, then the saved baseline if one was given."""
+        clean = self.clean(cell.model).metrics if cell.level > 0 else None
+        return judge_cell(
+            self.settings.thresholds,
+            cell,
+            measurement.metrics,
+            clean=clean,
+            intervals=self.intervals(measurement),
+            chance=self.chance(list(measurement.metrics)),
+            baseline=self.baseline(),
+            baseline_options=self.settings.baseline,
         )
-        return [f"{cell['id']}: {f}" for f in failures]
+
+    def hits(self, measurement: Measurement) -> dict[str, str]:
+        """Per-query hits of the primary metric (packed), for paired model comparisons."""
+        metric = self.settings.primary_metric
+        direction, sep, k = metric.rpartition("_R@")
+        if not sep:
+            return {}
+        return {metric: pack_hits((getattr(measurement.ranks, direction) <= int(k)).cpu().numpy())}
 
     def baseline(self) -> Any:
         """The saved baseline, checked against this run's dataset fingerprint (None if not given)."""
@@ -367,8 +396,6 @@ class GridRunner:
         if options.path is None:
             return None
         if self._baseline is None:
-            from .reporting.baseline import check_compatible, load_baseline
-
             baseline = load_baseline(options.path)
             check_compatible(baseline, self.dataset().sha256, options.allow_dataset_mismatch)
             self._baseline = baseline

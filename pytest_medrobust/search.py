@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .thresholds import lower_is_better
+from .gate import lower_is_better
 
 if TYPE_CHECKING:
+    from .cells import Cell
+    from .gate import Verdict
     from .occlusion import PlacementPolicy
-    from .runner import Cell, GridRunner, Measurement
-    from .thresholds import Verdict
+    from .runner import GridRunner, Measurement
 
 
 class PlacementFailure(AssertionError):
@@ -43,7 +44,6 @@ class SearchOutcome:
     metric: str
     evaluations: int
     replay: str
-    picture: bytes | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,9 +57,7 @@ class SearchOutcome:
         }
 
 
-def search_worst_placement(
-    runner: GridRunner, cell: Cell, judge: Callable[[Measurement], Verdict]
-) -> SearchOutcome:
+def search_worst_placement(runner: GridRunner, cell: Cell) -> SearchOutcome:
     from hypothesis import given, target
 
     from . import occlusion
@@ -80,7 +78,7 @@ def search_worst_placement(
                 return occlusion.occlude_with_policy(images, ids, policy, cell.patch, cell.level, seed, stats=stats)[0]
 
             measurement = runner.measure_with(cell.model, occluder, label)
-            memo[label] = (measurement, judge(measurement))
+            memo[label] = (measurement, runner.verdict(cell, measurement))
         return memo[label]
 
     @given(policy=placement_policies(cell.patch, cell.level))
@@ -113,10 +111,7 @@ def search_worst_placement(
         + "\n"
         + policy.replay(seed=seed, patch=cell.patch, level=cell.level)
     )
-    outcome = SearchOutcome(policy, measurement, verdict, failed, metric, len(memo), replay)
-    if failed:
-        outcome.picture = _picture(runner, cell, policy)
-    return outcome
+    return SearchOutcome(policy, measurement, verdict, failed, metric, len(memo), replay)
 
 
 def _replay_options(settings: Any, cell: Cell) -> list[tuple[str, Any]]:
@@ -134,17 +129,3 @@ def _replay_options(settings: Any, cell: Cell) -> list[tuple[str, Any]]:
 
 def _worse(a: float, b: float, metric: str) -> bool:
     return a > b if lower_is_better(metric) else a < b
-
-
-def _picture(runner: GridRunner, cell: Cell, policy: PlacementPolicy) -> bytes:
-    """The first image of the dataset at the model's input size, with the policy's mask."""
-    from . import occlusion
-    from .datasets import to_batch
-    from .reporting.pictures import render_mask_png
-
-    model = runner.model(cell.model)
-    image = to_batch(runner.pixels(model), slice(0, 1), torch.device("cpu"))
-    occluded, masks = occlusion.occlude_with_policy(
-        image, runner.dataset().ids[:1], policy, cell.patch, cell.level, runner.settings.seed, stats=runner.image_stats(cell.model)
-    )
-    return render_mask_png(image[0], masks[0], occluded=occluded[0], scale=2, label=policy.describe())

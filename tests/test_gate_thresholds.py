@@ -1,11 +1,12 @@
 """Threshold rules: kinds, matching, overrides, the lower-bound gate and the failure messages."""
 
 import json
+import re
 
 import pytest
 
 from pytest_medrobust.errors import ConfigError
-from pytest_medrobust.thresholds import Thresholds, chance_recall
+from pytest_medrobust.gate.thresholds import Thresholds, chance_recall
 
 
 def evaluate(thresholds, metrics, *, level=0.3, clean=None, intervals=None, chance=None, model="m", patch="black_box"):
@@ -101,5 +102,5 @@ def test_threshold_for_an_unmeasured_metric_fails_loudly():
     ],
 )
 def test_bad_threshold_tables_name_the_key(table, message):
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         Thresholds.from_table(table, "cfg")

@@ -1,6 +1,7 @@
 """Small runner pieces: cell ids, progress lines."""
 
-from pytest_medrobust.runner import Cell, Progress
+from pytest_medrobust.cells import Cell
+from pytest_medrobust.runner import Progress
 
 
 def test_cell_ids_keep_two_decimals_and_never_collide():

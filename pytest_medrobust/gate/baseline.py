@@ -27,13 +27,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..thresholds import lower_is_better
+from ..files import atomic_write
+from .thresholds import lower_is_better
 
 __all__ = [
     "BASELINE_SCHEMA",
@@ -86,7 +86,8 @@ def cell_key(cell: Mapping) -> str:
 
 def baseline_dict(results: Mapping) -> dict:
     """The content :func:`save_baseline` writes for ``results``."""
-    dataset = results.get("dataset") if isinstance(results.get("dataset"), Mapping) else {}
+    found = results.get("dataset")
+    dataset: Mapping = found if isinstance(found, Mapping) else {}
     sha = dataset.get("sha256")
     if not isinstance(sha, str) or not sha:
         raise ConfigError("cannot save a baseline: the results have no dataset fingerprint (dataset.sha256)")
@@ -127,21 +128,7 @@ def save_baseline(results: Mapping, path: str | os.PathLike) -> Path:
     :func:`os.replace`, so a reader never sees half a file and a crash leaves the old one.
     """
     path = Path(path)
-    text = json.dumps(baseline_dict(results), indent=2, sort_keys=False, allow_nan=False) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, json.dumps(baseline_dict(results), indent=2, sort_keys=False, allow_nan=False) + "\n")
     return path
 
 
@@ -191,7 +178,8 @@ def load_baseline(path: str | os.PathLike) -> Baseline:
                 raise ConfigError(f"{where}: cell {cell_id!r} metric {name!r} is not a finite number: {value!r}")
         cells[cell_id] = {name: float(value) for name, value in metrics.items()}
     seed = data.get("seed")
-    config = data.get("config") if isinstance(data.get("config"), dict) else {}
+    raw_config = data.get("config")
+    config: Mapping = raw_config if isinstance(raw_config, dict) else {}
     return Baseline(
         path=path,
         dataset_sha256=dataset["sha256"],
@@ -234,7 +222,7 @@ def compare_to_baseline(
         if not _finite(after):
             failures.append(f"{metric} is missing from this run (baseline {before:.3f})")
             continue
-        after = float(after)
+        after = float(after)  # type: ignore[arg-type]  # _finite checked it is a real number
         worse = after - before if lower_is_better(metric) else before - after
         allowed = max(
             tolerance_abs if tolerance_abs is not None else 0.0,

@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
-from .errors import ConfigError
+from ..cells import LEVEL_DECIMALS, same_level
+from ..errors import ConfigError
 
 GATES = ("point", "lower")
 KINDS = ("min", "max", "retention", "above_chance")
@@ -78,9 +79,9 @@ class Rule:
     def matches(self, model: str, patch: str, level: float, metric: str) -> bool:
         if not (fnmatchcase(model, self.model) and fnmatchcase(patch, self.patch) and fnmatchcase(metric, self.metric)):
             return False
-        if self.levels is not None and not any(abs(level - x) < 1e-9 for x in self.levels):
+        if self.levels is not None and not any(same_level(level, x) for x in self.levels):
             return False
-        return self.max_level is None or level <= self.max_level + 1e-9
+        return self.max_level is None or level <= self.max_level + 10.0**-LEVEL_DECIMALS / 2
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -100,6 +101,8 @@ class Verdict:
 class Thresholds:
     rules: tuple[Rule, ...]
     gate: str = "point"
+    # Non-inferiority to a reference model: {"model": name, "margin": m} (gate/scores.py).
+    reference: Mapping[str, Any] | None = None
 
     @classmethod
     def defaults(cls) -> Thresholds:
@@ -109,7 +112,7 @@ class Thresholds:
     def from_table(cls, table: Any, where: str) -> Thresholds:
         if not isinstance(table, Mapping):
             raise ConfigError(f"{where} must be a table")
-        unknown = set(table) - {"gate", "rules", *KINDS}
+        unknown = set(table) - {"gate", "rules", "reference", *KINDS}
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
         gate = str(table.get("gate", "point"))
@@ -125,7 +128,7 @@ class Thresholds:
         rules = list(_rules_from_kind_tables(kinds))
         for i, raw in enumerate(table.get("rules", [])):
             rules.append(_parse_rule(raw, f"{where}.rules[{i}]"))
-        return cls(tuple(rules), gate)
+        return cls(tuple(rules), gate, _parse_reference(table.get("reference"), f"{where}.reference"))
 
     def evaluate(
         self,
@@ -199,7 +202,26 @@ class Thresholds:
         return Verdict(table, failures)
 
     def to_json(self) -> dict[str, Any]:
-        return {"gate": self.gate, "rules": [r.to_json() for r in self.rules]}
+        out: dict[str, Any] = {"gate": self.gate, "rules": [r.to_json() for r in self.rules]}
+        if self.reference is not None:
+            out["reference"] = dict(self.reference)
+        return out
+
+
+def _parse_reference(raw: Any, where: str) -> dict[str, Any] | None:
+    """``reference = "name"`` or ``{model = "name", margin = 0.05}``."""
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        raw = {"model": raw}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where} must be a model name or a table {{model = ..., margin = ...}}")
+    unknown = set(raw) - {"model", "margin"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: margin, model")
+    if not isinstance(raw.get("model"), str) or not raw["model"]:
+        raise ConfigError(f"{where}.model must be the name of a model of the run")
+    return {"model": raw["model"], "margin": _number(raw.get("margin", 0.0), f"{where}.margin")}
 
 
 def _number(value: Any, where: str) -> float:
@@ -211,7 +233,12 @@ def _number(value: Any, where: str) -> float:
 
 
 def _rules_from_kind_tables(kinds: Mapping[str, Mapping[str, float]]) -> tuple[Rule, ...]:
-    return tuple(Rule(metric=m, **{kind: v}) for kind, table in kinds.items() for m, v in table.items())
+    rules = []
+    for kind, table in kinds.items():
+        for metric, value in table.items():
+            limits: dict[str, Any] = {kind: value}
+            rules.append(Rule(metric=metric, **limits))
+    return tuple(rules)
 
 
 def _parse_rule(raw: Any, where: str) -> Rule:

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cells import same_level
 from ..errors import OcclusionError
 from .engine import place_one, placement_seed
 from .geometry import MaskSpec, check_level
@@ -89,7 +90,7 @@ class PlacementPolicy:
                 raise OcclusionError(f"{self!r} names no level; pass one")
             level = self.level
         level = check_level(level)
-        if self.level is not None and abs(self.level - level) > 1e-9:
+        if self.level is not None and not same_level(self.level, level):
             raise OcclusionError(f"{self!r} was drawn for level {self.level}, not {level}")
         if self.count is not None and not getattr(patch, "multi_piece", False):
             raise OcclusionError(f"placement policy: count applies to multi-piece patches only, not {patch.name!r}")

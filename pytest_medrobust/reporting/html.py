@@ -23,8 +23,9 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
-from ..thresholds import lower_is_better
+from ..gate import lower_is_better
 from .values import as_mapping, as_number, level_key, level_text, unique
 
 __all__ = ["render_html", "collect_pictures", "metric_order"]
@@ -81,11 +82,11 @@ def _fmt(value: object, digits: int | None = 3) -> str:
     return f"{number:.{digits}f}"
 
 
-def _exact(value: object) -> str:
+def _exact(value: float) -> str:
     """The exact JSON number as text (``repr`` of the float, or the integer)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    return repr(float(value))  # type: ignore[arg-type]
+    return repr(float(value))
 
 
 def _num(value: object, digits: int | None = 3, *, cls: str = "num", extra_title: str = "") -> str:
@@ -100,18 +101,19 @@ def _num(value: object, digits: int | None = 3, *, cls: str = "num", extra_title
 
 
 def _mix(a: tuple[int, int, int], b: tuple[int, int, int], t: float) -> tuple[int, int, int]:
-    return tuple(int(round(x + (y - x) * t)) for x, y in zip(a, b))  # type: ignore[return-value]
+    red, green, blue = (int(round(x + (y - x) * t)) for x, y in zip(a, b, strict=True))
+    return red, green, blue
 
 
 def _heat(value: float) -> tuple[str, str]:
     """Background and text colour of a heatmap cell."""
     value = min(1.0, max(0.0, value))
-    for (p0, c0), (p1, c1) in zip(HEAT_STOPS, HEAT_STOPS[1:]):
+    for (p0, c0), (p1, c1) in zip(HEAT_STOPS, HEAT_STOPS[1:], strict=False):  # consecutive pairs
         if value <= p1:
             rgb = _mix(c0, c1, (value - p0) / (p1 - p0))
             break
     luminance = (0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2]) / 255.0
-    return "#%02x%02x%02x" % rgb, ("#ffffff" if luminance < 0.55 else "#1b1f24")
+    return "#{:02x}{:02x}{:02x}".format(*rgb), ("#ffffff" if luminance < 0.55 else "#1b1f24")
 
 
 def metric_order(metrics: Iterable[str], primary: str | None = None) -> list[str]:
@@ -150,7 +152,7 @@ def _picture_mime(data: bytes) -> str:
     return "application/octet-stream"
 
 
-def collect_pictures(results: Mapping, root: str | Path) -> dict[str, bytes]:
+def collect_pictures(results: Mapping[str, Any], root: str | Path) -> dict[str, bytes]:
     """Read every search cell's ``search.picture`` (a path relative to ``root``) that exists.
 
     Paths that leave ``root`` (absolute, or with ``..``) are skipped, so a tampered results
@@ -177,29 +179,35 @@ def collect_pictures(results: Mapping, root: str | Path) -> dict[str, bytes]:
 class _Report:
     """Lookups over the results dictionary, tolerant of missing or partial entries."""
 
-    def __init__(self, results: Mapping):
+    def __init__(self, results: Mapping[str, Any]):
         self.results = results
-        self.config = results.get("config") if isinstance(results.get("config"), Mapping) else {}
+        self.config: Mapping[str, Any] = as_mapping(results.get("config"))
         self.cells = [c for c in (results.get("cells") or []) if isinstance(c, Mapping)]
         self.grid = [c for c in self.cells if c.get("kind", "grid") != "search"]
         self.search = [c for c in self.cells if c.get("kind") == "search"]
 
-        models = results.get("models") if isinstance(results.get("models"), Mapping) else {}
+        models: Mapping[str, Any] = as_mapping(results.get("models"))
         self.model_cards = models
         self.models = unique([*models.keys(), *(c.get("model") for c in self.cells)])
         self.model_index = {m: i for i, m in enumerate(self.models)}
 
-        config_patches = self.config.get("patches") if isinstance(self.config.get("patches"), list) else []
+        config_patches = self.config.get("patches")
+        if not isinstance(config_patches, list):
+            config_patches = []
         self.patches = unique([*config_patches, *(c.get("patch") for c in self.cells)])
 
-        levels = self.config.get("levels") if isinstance(self.config.get("levels"), list) else []
+        levels = self.config.get("levels")
+        if not isinstance(levels, list):
+            levels = []
         keys = {level_key(v) for v in [*levels, *(c.get("level") for c in self.grid)]}
         self.levels = sorted(k for k in keys if k is not None)
 
-        self.lookup: dict[tuple[str, str, float], Mapping] = {}
+        # Keyed by (model, patch, level key) as found in the JSON; a cell without a numeric level
+        # is stored under None and never looked up.
+        self.lookup: dict[tuple[object, object, float | None], Mapping[str, Any]] = {}
         for cell in self.grid:
             key = (cell.get("model"), cell.get("patch"), level_key(cell.get("level")))
-            self.lookup.setdefault(key, cell)  # type: ignore[arg-type]
+            self.lookup.setdefault(key, cell)
 
         metrics = set()
         for cell in self.cells:
@@ -230,10 +238,10 @@ class _Report:
         self.verdict = verdict
 
     def colour(self, model: object) -> str:
-        return PALETTE[self.model_index.get(model, 0) % len(PALETTE)]  # type: ignore[arg-type]
+        return PALETTE[self.model_index.get(model, 0) % len(PALETTE)]
 
     def dash(self, model: object) -> str:
-        return DASHES[(self.model_index.get(model, 0) // len(PALETTE)) % len(DASHES)]  # type: ignore[arg-type]
+        return DASHES[(self.model_index.get(model, 0) // len(PALETTE)) % len(DASHES)]
 
 
 def _count(value: object, fallback: int) -> int:
@@ -357,10 +365,10 @@ def _chart(report: _Report, patch: str, metric: str, *, compact: bool) -> str:
     y0, y1 = ax.y(0.0), ax.y(1.0)
     parts.append(f'<rect class="plot" x="{x0}" y="{y1:.1f}" width="{x1 - x0}" height="{y0 - y1:.1f}"/>')
     for i in range(6):
-        value = i / 5
-        y = ax.y(value)
+        tick = i / 5
+        y = ax.y(tick)
         parts.append(f'<line class="grid" x1="{x0}" x2="{x1}" y1="{y:.1f}" y2="{y:.1f}"/>')
-        parts.append(f'<text class="tick" x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end">{value:.1f}</text>')
+        parts.append(f'<text class="tick" x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end">{tick:.1f}</text>')
     for level in levels:
         x = ax.x(level)
         parts.append(f'<line class="grid v" x1="{x:.1f}" x2="{x:.1f}" y1="{y1:.1f}" y2="{y0:.1f}"/>')
@@ -482,11 +490,11 @@ def _chart(report: _Report, patch: str, metric: str, *, compact: bool) -> str:
         search = as_mapping(cell.get("search"))
         if cell.get("patch") != patch or search.get("metric") != metric:
             continue
-        value, level = as_number(search.get("value")), level_key(cell.get("level"))
-        if value is None or level is None or not (0 <= level <= ax.xmax) or (ax.single and level not in levels):
+        value, at = as_number(search.get("value")), level_key(cell.get("level"))
+        if value is None or at is None or not (0 <= at <= ax.xmax) or (ax.single and at not in levels):
             continue
-        x, y, r = ax.x(level), ax.y(value), (5 if compact else 6)
-        tip = f"{cell.get('model')} · worst-case placement at {level_text(level)}: {metric} = {_fmt(value)}"
+        x, y, r = ax.x(at), ax.y(value), (5 if compact else 6)
+        tip = f"{cell.get('model')} · worst-case placement at {level_text(at)}: {metric} = {_fmt(value)}"
         if search.get("description"):
             tip += f" · {search.get('description')}"
         if metric in _failing_metrics(cell, report.primary):
@@ -695,7 +703,7 @@ def _threshold_rows(report: _Report, cell: Mapping) -> str:
     dash = '<span class="na">—</span>'
     columns = ["Metric", "Measured", report.confidence_text, "Lower bound", "Min", "Max",
                "Retention needs", "Retained", "Status"]
-    table = []
+    table: list[list[str | None]] = []
     for metric in names:
         threshold = as_mapping(thresholds.get(metric))
         value = metrics.get(metric)
@@ -731,7 +739,9 @@ def _threshold_rows(report: _Report, cell: Mapping) -> str:
     keep = [j for j in range(len(columns)) if j in (0, 1, 8) or any(row[j] is not None for row in table)]
     head = "".join(f'<th scope="col">{_e(columns[j])}</th>' for j in keep)
     body = "".join(
-        "<tr>" + "".join(row[j] if j == 0 else f"<td>{row[j] if row[j] is not None else dash}</td>" for j in keep) + "</tr>"
+        "<tr>"
+        + "".join((row[j] or "") if j == 0 else f"<td>{row[j] if row[j] is not None else dash}</td>" for j in keep)
+        + "</tr>"
         for row in table
     )
     return f'<table class="detail"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
@@ -869,6 +879,7 @@ header.top{display:flex;gap:24px;align-items:flex-start;justify-content:space-be
 color:#fff;text-align:center;min-width:150px}
 .verdict small{display:block;font-size:11px;letter-spacing:.04em;font-weight:500;opacity:.9}
 .verdict.pass{background:var(--pass)}.verdict.fail{background:var(--fail)}.verdict.other{background:#56636f}
+.verdict-cell{font-weight:700}.verdict-cell.pass{color:var(--pass)}.verdict-cell.fail,.verdict-cell.error{color:var(--fail)}
 .tiles{display:grid;grid-template-columns:repeat(auto-fit,minmax(150px,1fr));gap:12px;margin:20px 0 4px}
 .tile{border:1px solid var(--line);border-radius:8px;padding:10px 14px;background:var(--soft)}
 .tile .k{color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.05em}
@@ -968,7 +979,7 @@ def _header(report: _Report) -> str:
     dataset = as_mapping(results.get("dataset"))
     tool = as_mapping(results.get("tool"))
     verdict = report.verdict
-    verdict_class = {"pass": "pass", "fail": "fail"}.get(verdict, "other")
+    verdict_class = {"pass": "pass", "fail": "fail", "error": "fail"}.get(verdict, "other")
     sub = []
     if dataset.get("name") is not None:
         sub.append(f"dataset <b>{_e(dataset['name'])}</b>")
@@ -1003,16 +1014,17 @@ def _header(report: _Report) -> str:
 
 
 def _curves(report: _Report) -> str:
-    if not report.patches or not report.metrics:
+    primary = report.chart_primary  # None exactly when there are no metrics
+    if not report.patches or not report.metrics or primary is None:
         return '<p class="muted">No metrics to plot.</p>'
     out = [
         '<p class="note">Each line is one model: the measured metric at each occlusion level, with its '
         f"bootstrap {_e(report.confidence_text)} as a shaded band. The red dashed line is the minimum "
-        "threshold (the larger of min and the above-chance floor); a dotted line in a model's colour is its retention threshold (clean value × r). "
+        "threshold (the larger of min and the above-chance floor); a dotted line in a model's colour is its "
+        "retention threshold (clean value × r). "
         "Ringed points failed the gate. Hover a point for its exact value.</p>"
     ]
     for p_index, patch in enumerate(report.patches):
-        primary = report.chart_primary
         out.append(f'<section class="patch" id="curves-{p_index}"><h3>Patch type: <code>{_e(patch)}</code></h3>')
         out.append(
             f'<div class="chart-block"><figure><figcaption class="muted">{_e(primary)} · {_e(_metric_text(primary))}'
@@ -1036,7 +1048,8 @@ def _curves(report: _Report) -> str:
 
 
 def _heatmaps(report: _Report) -> str:
-    if not report.patches or not report.metrics or not report.grid:
+    primary = report.chart_primary  # None exactly when there are no metrics
+    if not report.patches or not report.metrics or not report.grid or primary is None:
         return '<p class="muted">No grid cells.</p>'
     stops = ", ".join(f"{_heat(v)[0]} {v * 100:.0f}%" for v in (0.0, 0.25, 0.5, 0.75, 1.0))
     out = [
@@ -1044,7 +1057,6 @@ def _heatmaps(report: _Report) -> str:
         f'{stops})"></span>1.0 · outlined ✕ = failed cell</div>'
     ]
     for patch in report.patches:
-        primary = report.chart_primary
         out.append(f'<h3>Patch type: <code>{_e(patch)}</code></h3><div class="scroll">{_heatmap(report, patch, primary)}</div>')
         others = [m for m in report.metrics if m != primary]
         if others:
@@ -1054,7 +1066,54 @@ def _heatmaps(report: _Report) -> str:
     return "".join(out)
 
 
-def render_html(results: dict, *, pictures: Mapping[str, bytes] | None = None) -> str:
+def _model_verdicts(results: Mapping) -> str:
+    """One row per model: verdict, robustness score, cells passed; then the paired comparisons."""
+    rows = []
+    for summary in results.get("model_summaries") or []:
+        if not isinstance(summary, Mapping):
+            continue
+        verdict = str(summary.get("verdict", "?"))
+        occluded = as_mapping(summary.get("occluded_cells"))
+        worst = as_mapping(summary.get("worst_cell"))
+        failures = "".join(f"<div class=\"muted\">{_e(f)}</div>" for f in summary.get("failures") or [])
+        rows.append(
+            f'<tr data-model="{_e(summary.get("model"))}" data-verdict="{_e(verdict)}">'
+            f"<td>{_e(summary.get('model'))}</td>"
+            f'<td class="verdict-cell {_e(verdict)}">{_e(verdict.upper())}{failures}</td>'
+            f"<td>{_num(summary.get('score'))}</td><td>{_num(summary.get('auc'))}</td>"
+            f"<td>{_num(summary.get('mean_retention'))}</td>"
+            f"<td>{_num(occluded.get('passed'), 0)} / {_num(occluded.get('total'), 0)}</td>"
+            f"<td>{_e(worst.get('id', '—'))} {_num(worst.get('value'))}</td></tr>"
+        )
+    if not rows:
+        return '<p class="muted">No model was measured.</p>'
+    table = (
+        "<table><thead><tr><th>Model</th><th>Verdict</th><th>Robustness score</th><th>AUC</th>"
+        "<th>Mean retention</th><th>Occluded cells passed</th><th>Worst cell</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+    statements = "".join(
+        f'<li data-comparison="{_e(c.get("a"))}|{_e(c.get("b"))}">{_e(c.get("statement"))}</li>'
+        for c in results.get("comparisons") or []
+        if isinstance(c, Mapping)
+    )
+    if statements:
+        table += (
+            f"<p>Paired bootstrap over the same queries ({_e(as_mapping(results.get('config')).get('primary_metric', ''))}, "
+            f"robustness score difference with its interval):</p><ul>{statements}</ul>"
+        )
+    return table + (
+        '<p class="muted">Robustness score: area under retention (occluded / clean) against the occluded share, '
+        "divided by the largest level (1 = no loss). AUC: the same area under the metric itself.</p>"
+    )
+
+
+def render_html(
+    results: Mapping[str, Any],
+    *,
+    pictures: Mapping[str, bytes] | None = None,
+    extra_sections: Iterable[tuple[str, str]] = (),
+) -> str:
     """The whole report as one self-contained HTML page.
 
     ``results`` is the results dictionary (``reports/medrobust.json``); ``pictures`` maps a
@@ -1071,6 +1130,7 @@ def render_html(results: dict, *, pictures: Mapping[str, bytes] | None = None) -
         environment = {"seed": results.get("seed"), **environment}
 
     sections = [
+        ("models", "Verdict per model", _model_verdicts(results)),
         ("curves", "Robustness curves", _curves(report)),
         ("heatmaps", "Heatmaps", _heatmaps(report)),
     ]
@@ -1089,6 +1149,8 @@ def render_html(results: dict, *, pictures: Mapping[str, bytes] | None = None) -
         f"</div><h3>Models</h3>{_model_cards(report)}"
     )
     sections.append(("cards", "Dataset, models and environment", cards))
+    # From pytest_medrobust_html_sections implementations: trusted HTML, escaped titles.
+    sections += [(f"extra-{i}", title, html) for i, (title, html) in enumerate(extra_sections)]
 
     toc = "".join(f'<a href="#{sid}">{_e(title)}</a>' for sid, title, _ in sections)
     page_title = "Occlusion robustness report"

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 from .values import as_mapping, as_number, level_key, level_text, unique
 
 __all__ = ["render_markdown", "escape_markdown"]
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~>])")
-_ICON = {"passed": "✅", "failed": "❌", "error": "⚠️"}
+# Keyed by the cell's JSON ``outcome``, which may be any value (an unknown one gets no icon).
+_ICON: dict[object, str] = {"passed": "✅", "failed": "❌", "error": "⚠️"}
 
 
 def escape_markdown(value: object) -> str:
@@ -30,7 +32,29 @@ def escape_markdown(value: object) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
-def render_markdown(results: Mapping) -> str:
+def _model_table(results: Mapping[str, Any]) -> list[str]:
+    """Verdict and robustness score per model, and the paired comparisons."""
+    rows = [m for m in results.get("model_summaries") or [] if isinstance(m, Mapping)]
+    if not rows:
+        return []
+    lines = ["| Model | Verdict | Robustness score | Occluded cells passed | Worst cell |", "|---|---|---:|---:|---|"]
+    for m in rows:
+        occluded, worst = as_mapping(m.get("occluded_cells")), as_mapping(m.get("worst_cell"))
+        score = as_number(m.get("score"))
+        value = as_number(worst.get("value"))
+        lines.append(
+            f"| {escape_markdown(m.get('model'))} | **{escape_markdown(str(m.get('verdict', '?')).upper())}** | "
+            f"{'-' if score is None else f'{score:.3f}'} | {occluded.get('passed', '?')}/{occluded.get('total', '?')} | "
+            f"{escape_markdown(worst.get('id', '-'))}{'' if value is None else f' ({value:.3f})'} |"
+        )
+    lines.append("")
+    for comparison in results.get("comparisons") or []:
+        if isinstance(comparison, Mapping):
+            lines.append(f"- {escape_markdown(comparison.get('statement', ''))} (paired bootstrap)")
+    return [*lines, ""] if results.get("comparisons") else lines
+
+
+def render_markdown(results: Mapping[str, Any]) -> str:
     """The Markdown summary (GitHub-flavoured: tables, emoji), ending with a newline."""
     config = as_mapping(results.get("config"))
     cells = [c for c in (results.get("cells") or []) if isinstance(c, Mapping)]
@@ -76,13 +100,16 @@ def render_markdown(results: Mapping) -> str:
     if results.get("seed") is not None:
         context.append(f"seed {escape_markdown(results['seed'])}")
     lines += ["", " · ".join(context), ""]
+    lines += _model_table(results)
 
     models = unique([*as_mapping(results.get("models")).keys(), *(c.get("model") for c in cells)])
     patches = unique([*(config.get("patches") or []), *(c.get("patch") for c in cells)])
     levels = sorted(
         {k for k in (level_key(v) for v in [*(config.get("levels") or []), *(c.get("level") for c in grid)]) if k is not None}
     )
-    lookup = {}
+    # Keyed by (model, patch, level key) as found in the JSON; a cell without a numeric level is
+    # stored under None and never looked up.
+    lookup: dict[tuple[object, object, float | None], Mapping[str, Any]] = {}
     for cell in grid:
         lookup.setdefault((cell.get("model"), cell.get("patch"), level_key(cell.get("level"))), cell)
 
@@ -98,12 +125,12 @@ def render_markdown(results: Mapping) -> str:
         for model in rows:
             row = [escape_markdown(model)]
             for level in levels:
-                cell = lookup.get((model, patch, level))
-                if cell is None:
+                found = lookup.get((model, patch, level))
+                if found is None:
                     row.append("—")
                     continue
-                outcome = cell.get("outcome")
-                value = as_number(as_mapping(cell.get("metrics")).get(primary))
+                outcome = found.get("outcome")
+                value = as_number(as_mapping(found.get("metrics")).get(primary))
                 shown = f"{value:.3f}" if value is not None else ("error" if outcome == "error" else "—")
                 row.append(f"{shown} {_ICON.get(outcome, '')}".strip())
             lines.append("| " + " | ".join(row) + " |")
@@ -116,10 +143,10 @@ def render_markdown(results: Mapping) -> str:
         for cell in search:
             info = as_mapping(cell.get("search"))
             value = as_number(info.get("value"))
-            level = as_number(cell.get("level"))
+            at = as_number(cell.get("level"))
             lines.append(
                 f"| {escape_markdown(cell.get('model', '?'))} | {escape_markdown(cell.get('patch', '?'))} | "
-                f"{level_text(level, negative_zero=True) if level is not None else '?'} | "
+                f"{level_text(at, negative_zero=True) if at is not None else '?'} | "
                 f"{f'{value:.3f}' if value is not None else '—'} | {_ICON.get(cell.get('outcome'), '')} |"
             )
         lines.append("")

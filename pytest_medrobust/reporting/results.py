@@ -8,16 +8,17 @@ n_images, metrics, thresholds, passed}], with recalls as fractions in [0, 1].
 from __future__ import annotations
 
 import json
-import os
 import platform
-from importlib.metadata import PackageNotFoundError, version
-import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .. import __version__
+from ..cells import CellRecord
+from ..files import atomic_write
+from ..gate import run_verdict, summarise
 
 SCHEMA = 1
 
@@ -59,7 +60,7 @@ def build_results(
     devices = sorted({str(r["device"]) for r in records if r.get("device")})
     dataset: dict[str, Any] = {}
     models: dict[str, Any] = {}
-    cells = []
+    cells: list[CellRecord] = []
     for rec in records:
         rec = dict(rec)
         if rec.get("dataset"):
@@ -69,24 +70,23 @@ def build_results(
         card = rec.pop("model_card", None)
         if card:
             models[rec["model"]] = card
-        cells.append(rec)
+        cells.append(cast(CellRecord, rec))
     order = {name: i for i, name in enumerate(config.get("models", []))}
     cells.sort(key=lambda c: _cell_sort_key(c, order))
     outcomes = [c.get("outcome") for c in cells]
-    summary = {
+    recorded = {c.get("nodeid") for c in cells}
+    missing = sorted(set(expected or ()) - recorded)
+    scores = _model_scores(cells, config, missing, seed)
+    model_failures = sum(bool(m["failures"]) for m in scores["models"])
+    summary: dict[str, Any] = {
         "cells": len(cells),
         "passed": outcomes.count("passed"),
         "failed": outcomes.count("failed"),
         "errors": outcomes.count("error"),
+        "missing": missing,
+        "complete": not missing and not interrupted,
+        "verdict": run_verdict(cells, missing=len(missing), interrupted=interrupted, model_failures=model_failures),
     }
-    recorded = {c.get("nodeid") for c in cells}
-    missing = sorted(set(expected or ()) - recorded)
-    summary["missing"] = missing
-    summary["complete"] = not missing and not interrupted
-    if not summary["complete"]:
-        summary["verdict"] = "incomplete"
-    else:
-        summary["verdict"] = "pass" if cells and summary["passed"] == len(cells) else "fail"
     return {
         "schema": SCHEMA,
         "tool": {"name": "pytest-medrobust", "version": __version__},
@@ -97,23 +97,32 @@ def build_results(
         "dataset": dataset,
         "models": models,
         "cells": cells,
+        "model_summaries": scores["models"],
+        "comparisons": scores["comparisons"],
         "summary": summary,
     }
 
 
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write via a temporary file in the same folder and rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "wb" if isinstance(data, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports are for everyone who reads the folder
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _model_scores(
+    cells: Sequence[CellRecord], config: Mapping[str, Any], missing: Sequence[str], seed: int
+) -> dict[str, Any]:
+    """Per-model verdicts and scores, and the paired comparisons (see gate.scores)."""
+    names = [str(n) for n in config.get("models") or []]
+    names += [m for m in dict.fromkeys(str(c.get("model")) for c in cells) if m not in names]
+    # Missing node ids look like medrobust::<model>::test_...[...]
+    missing_per_model = {n: sum(1 for m in missing if m.split("::")[1:2] == [n]) for n in names}
+    bootstrap = config.get("bootstrap") or {}
+    thresholds = config.get("thresholds") or {}
+    return summarise(
+        cells,
+        names,
+        str(config.get("primary_metric") or "i2t_unique_R@5"),
+        missing=missing_per_model,
+        resamples=int(bootstrap.get("resamples", 1000)),
+        confidence=float(bootstrap.get("confidence", 0.95)),
+        seed=seed,
+        reference=thresholds.get("reference"),
+    )
 
 
 def write_results(results: Mapping[str, Any], path: Path) -> None:

@@ -47,6 +47,7 @@ def summary_lines(results: Mapping[str, Any], metric: str) -> list[str]:
             value = search.get("value")
             shown = f" {metric} = {value:.3f}" if isinstance(value, float) else ""
             lines.append(f"  {c['id']} {_mark(c)}{shown}: {found}")
+    lines += model_lines(results)
     summary = results["summary"]
     missing = summary.get("missing") or []
     if missing:
@@ -58,6 +59,33 @@ def summary_lines(results: Mapping[str, Any], metric: str) -> list[str]:
         f"gate {summary['verdict'].upper()}: {summary['passed']} passed, {summary['failed']} failed, "
         f"{summary['errors']} errors of {summary['cells']} cells"
     )
+    return lines
+
+
+def model_lines(results: Mapping[str, Any]) -> list[str]:
+    """The verdict and robustness score of each model, then the paired comparisons."""
+    summaries = results.get("model_summaries") or []
+    if not summaries:
+        return []
+    lines = ["", "verdict per model (score: area under retention vs occluded share, 1 = no loss):"]
+    width = max(len(str(m["model"])) for m in summaries)
+    for m in summaries:
+        occluded, clean, search = m["occluded_cells"], m["clean_cells"], m["search_cells"]
+        score = "-" if m.get("score") is None else f"{m['score']:.3f}"
+        worst = m.get("worst_cell") or {}
+        parts = [
+            f"  {m['model']:<{width}}  {m['verdict'].upper():<10} score {score}",
+            f"occluded {occluded['passed']}/{occluded['total']} passed",
+            f"clean {clean['passed']}/{clean['total']}",
+        ]
+        if search["total"]:
+            parts.append(f"search {search['passed']}/{search['total']}")
+        if worst:
+            parts.append(f"worst {worst['id']} = {worst['value']:.3f}")
+        lines.append(", ".join(parts))
+        lines += [f"    {failure}" for failure in m.get("failures") or []]
+    for comparison in results.get("comparisons") or []:
+        lines.append(f"  {comparison['statement']} ({comparison['confidence']:.0%} paired bootstrap)")
     return lines
 
 

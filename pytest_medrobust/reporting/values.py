@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
+from .. import cells
+
 __all__ = ["as_number", "as_mapping", "unique", "level_key", "level_text"]
 
 
@@ -37,12 +39,10 @@ def unique(items: Iterable[object]) -> list:
 
 
 def level_key(level: object) -> float | None:
-    """An occlusion level as a lookup key: rounded to 9 decimals, None if it is not a number.
-
-    Rounding makes levels that differ only by float noise (``0.1 + 0.2`` and ``0.3``) the same key.
-    """
+    """An occlusion level from the JSON as a lookup key (see :func:`pytest_medrobust.cells.level_key`),
+    None if it is not a number."""
     number = as_number(level)
-    return None if number is None else round(number, 9)
+    return None if number is None else cells.level_key(number)
 
 
 def level_text(level: float, *, negative_zero: bool = False) -> str:

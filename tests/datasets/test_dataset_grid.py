@@ -52,10 +52,10 @@ def test_a_manifest_with_png_jpeg_and_dicom_runs_the_grid(pytester, manifest_pat
 
 
 def test_real_openi_sample_errors_naming_the_missing_images_or_drops_them(pytester, real_data):
-    result, _ = run_grid(pytester, f"openi:{real_data / 'openi'}")
-    result.assert_outcomes(errors=2)
-    out = result.stdout.str()
-    assert "CXR3_IM-1384-2001" in out and "CXR25_IM-1024-3001" in out
+    result = pytester.runpytest(*GRID, f"--medrobust-dataset=openi:{real_data / 'openi'}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR  # a set-up error: stops before any cell
+    err = result.stderr.str()
+    assert "CXR3_IM-1384-2001" in err and "CXR25_IM-1024-3001" in err
     result, results = run_grid(pytester, f"openi:{real_data / 'openi'}", "--medrobust-on-bad-rows", "drop")
     assert result.parseoutcomes().get("errors", 0) == 0
     assert results["dataset"]["n_images"] == 9 and results["dataset"]["n_dropped"] == 2

@@ -32,7 +32,8 @@ class Oracle:
         return torch.nn.functional.one_hot(s.argmax(dim=1), 8).float() + 0.01 * s
 
     def encode_texts(self, texts):
-        return torch.stack([torch.nn.functional.one_hot(torch.tensor(WORDS.index(t.split()[-1])), 8).float() for t in texts]).to(self.device)
+        slots = torch.tensor([WORDS.index(t.split()[-1]) for t in texts])
+        return torch.nn.functional.one_hot(slots, 8).float().to(self.device)
 
 
 class Constant(Oracle):
@@ -72,6 +73,19 @@ class Degraded(Oracle):
 
 def degraded(device, **options):
     return Degraded(device)
+
+
+class Fragile(Oracle):
+    """The oracle, except that any black (occluded) pixel makes it point at the wrong slot."""
+
+    def encode_images(self, x):
+        e = super().encode_images(x)
+        occluded = (x.to(self.device) == 0).flatten(1).any(dim=1)[:, None]
+        return torch.where(occluded, torch.roll(e, 1, dims=1), e)
+
+
+def fragile(device, **options):
+    return Fragile(device)
 
 
 def broken(device, **options):

@@ -1,7 +1,5 @@
 """The plugin end to end, in pytester folders with fake models (fast: no training, 32 px images)."""
 
-import json
-import sys
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -115,7 +113,10 @@ def test_junit_xml_carries_metrics_as_properties_without_warnings(project):
         (["--medrobust-levels", "0.2,1.0"], "--medrobust-levels: occlusion level 1.0 is outside [0, 1)"),
         (["--medrobust-levels", "-0.1"], "outside [0, 1)"),
         (["--medrobust-levels", "half"], "is not a number"),
-        (["--medrobust-models", "nosuchmodel"], "unknown model 'nosuchmodel'; available: clip, cxr-clip, cxr-repair, demo-occaug, demo-plain, medclip"),
+        (
+            ["--medrobust-models", "nosuchmodel"],
+            "unknown model 'nosuchmodel'; registered: clip, cxr-clip, cxr-repair, demo-occaug, demo-plain, medclip",
+        ),
         (["--medrobust-patches", "nosuchpatch"], "unknown patch type 'nosuchpatch'; registered: "),
         (["--medrobust-k", "0"], "--medrobust-k: must be >= 1, got 0"),
         (["--medrobust-k", "1,2.5"], "--medrobust-k: '2.5' is not an integer"),
@@ -134,44 +135,6 @@ def test_unknown_config_key_is_named(project):
     result = project.runpytest("--medrobust", "--medrobust-config", "gate.toml")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "gate.toml: unknown key(s) levles" in result.stderr.str()
-
-
-def test_model_that_fails_to_load_makes_its_items_error_not_skip(project):
-    project.makefile(
-        ".toml", gate="models = [{name = 'broken', factory = 'fakemodels:broken'}, {name = 'oracle', factory = 'fakemodels:oracle'}]\n"
-    )
-    result = project.runpytest("--medrobust", "--medrobust-config", "gate.toml")
-    result.assert_outcomes(passed=2, failed=1, errors=3)
-    out = result.stdout.str()
-    assert "model 'broken' failed to load: RuntimeError: weights file /nowhere/model.safetensors not found" in out
-    cells = {c["id"]: c for c in read_results(project)["cells"]}
-    assert cells["broken-black_box-0.50"]["outcome"] == "error"
-    assert "weights file" in cells["broken-black_box-0.50"]["error"]
-    assert read_results(project)["summary"]["verdict"] == "fail"
-
-
-@pytest.mark.parametrize(
-    "bad, message",
-    [
-        ({3: "missing"}, ("manifest.csv, line 5:", "not found", "003.png")),
-        ({4: "empty"}, ("manifest.csv, line 6:", "empty report")),
-        ({5: "corrupt"}, ("manifest.csv, line 7:", "005.png")),
-    ],
-)
-def test_bad_rows_error_every_item_naming_the_row(project, bad, message):
-    write_dataset(project.path, bad=bad)
-    result = project.runpytest("--medrobust", "--medrobust-models", "oracle")
-    result.assert_outcomes(errors=3)
-    lines = [line for line in result.stdout.lines if message[0] in line]
-    assert lines, result.stdout.str()
-    assert all(part in lines[0] for part in message), lines[0]
-
-
-def test_manifest_without_rows_is_an_error(project):
-    (project.path / "manifest.csv").write_text("id,image,report\n")
-    result = project.runpytest("--medrobust", "--medrobust-models", "oracle")
-    result.assert_outcomes(errors=3)
-    assert "manifest.csv: no rows" in result.stdout.str()
 
 
 def test_unwritable_report_dir_fails_before_the_grid(project):
@@ -233,7 +196,10 @@ def test_search_cell_shrinks_to_a_minimal_failing_placement_with_picture_and_rep
 
 
 def test_search_cells_are_deterministic(project):
-    args = ("--medrobust", "--medrobust-models", "oracle", "--medrobust-levels", "0.3", "--medrobust-search-examples", "6", "-k", "worst_placement")
+    args = (
+        "--medrobust", "--medrobust-models", "oracle", "--medrobust-levels", "0.3",
+        "--medrobust-search-examples", "6", "-k", "worst_placement",
+    )
     project.runpytest(*args, "--medrobust-no-cache")
     first = read_results(project)["cells"]
     project.runpytest(*args, "--medrobust-no-cache")
@@ -292,7 +258,9 @@ def test_a_crashed_cell_makes_the_verdict_incomplete_never_pass(project):
         """
     )
     project.makefile(
-        ".toml", gate="models = [{name = 'crash', factory = 'crashmodel:make'}]\nlevels = [0.0]\nthresholds = {above_chance = {}, retention = {}}\n"
+        ".toml",
+        gate="models = [{name = 'crash', factory = 'crashmodel:make'}]\nlevels = [0.0]\n"
+        "thresholds = {above_chance = {}, retention = {}}\n",
     )
     project.runpytest("--medrobust", "--medrobust-config", "gate.toml", "-n", "1")
     results = read_results(project)
@@ -311,7 +279,9 @@ def test_cache_clear_removes_only_its_own_files(project):
     keep = project.path / "mine" / "notes.txt"
     keep.parent.mkdir()
     keep.write_text("precious")
-    project.runpytest("--medrobust", "--medrobust-models", "oracle", "--medrobust-cache-dir=mine", "--medrobust-cache-clear", "--co")
+    project.runpytest(
+        "--medrobust", "--medrobust-models", "oracle", "--medrobust-cache-dir=mine", "--medrobust-cache-clear", "--co"
+    )
     assert keep.read_text() == "precious"
 
 
@@ -330,8 +300,8 @@ def test_baseline_of_another_dataset_is_an_error_unless_allowed(project):
     project.runpytest(*args, "--medrobust-save-baseline", "baseline.json")
     write_dataset(project.path, n=16)
     result = project.runpytest(*args, "--medrobust-baseline", "baseline.json")
-    result.assert_outcomes(errors=1)
-    assert "dataset" in result.stdout.str() and "fingerprint" in result.stdout.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "dataset" in result.stderr.str() and "fingerprint" in result.stderr.str()
     allowed = project.runpytest(*args, "--medrobust-baseline", "baseline.json", "--medrobust-allow-baseline-mismatch")
     assert allowed.parseoutcomes().get("errors", 0) == 0
 

@@ -99,7 +99,9 @@ def test_shards_split_the_grid_and_merge_back(project):
     seen = []
     for i in (1, 2, 3):
         out = f"shard{i}"
-        project.runpytest("--medrobust", "--medrobust-config", "gate.toml", "--medrobust-shard", f"{i}/3", "--medrobust-report-dir", out)
+        project.runpytest(
+            "--medrobust", "--medrobust-config", "gate.toml", "--medrobust-shard", f"{i}/3", "--medrobust-report-dir", out
+        )
         seen += [c["id"] for c in json.loads((project.path / out / "medrobust.json").read_text())["cells"]]
     assert sorted(seen) == sorted(c["id"] for c in full_results["cells"])
     from pytest_medrobust.cli import main

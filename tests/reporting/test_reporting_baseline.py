@@ -9,8 +9,8 @@ import os
 import pytest
 
 from pytest_medrobust.errors import ConfigError
-from pytest_medrobust.reporting import baseline as baseline_module
-from pytest_medrobust.reporting.baseline import (
+from pytest_medrobust.gate import baseline as baseline_module
+from pytest_medrobust.gate.baseline import (
     Baseline,
     cell_key,
     check_compatible,

@@ -213,7 +213,7 @@ def test_failing_cells_are_detailed(sample_results):
     articles = [n for n in root.find_all("article") if "failure" in n.classes()]
     failing = [c for c in sample_results["cells"] if c["outcome"] in ("failed", "error")]
     assert len(articles) == len(failing)
-    for article, cell in zip(articles, failing):
+    for article, cell in zip(articles, failing, strict=True):
         assert cell["id"] in article.text
         for message in cell["failures"]:
             assert message in [li.text for li in article.find_all("li")]
@@ -452,7 +452,7 @@ def test_lower_bound_gate(make_results):
     failing = [c for c in results["cells"] if c["outcome"] == "failed"]
     assert failing
     articles = [n for n in root.find_all("article") if "failure" in n.classes()]
-    for article, cell in zip(articles, failing):
+    for article, cell in zip(articles, failing, strict=True):
         headers = [th.text for th in article.find_all("th")]
         assert "Lower bound" in headers
         values = {float(s.attrs["data-value"]) for s in article.find_all("span") if "data-value" in s.attrs}

@@ -53,7 +53,7 @@ def test_one_table_per_patch_with_every_grid_cell(sample_results):
     found = tables(text)
     patches = sample_results["config"]["patches"]
     assert len(found) == len(patches) + 1  # + the search table
-    for patch, table in zip(patches, found):
+    for patch, table in zip(patches, found[: len(patches)], strict=True):
         assert f"### Patch `{patch}`" in text
         header = cells_of(table[0])
         assert header == ["Model", "0% (clean)", "10%", "20%", "30%", "50%"]

@@ -83,7 +83,7 @@ def test_deterministic_by_seed(ranks):
 def test_shared_draw_keeps_recalls_ordered(ranks):
     out = bootstrap_intervals(ranks, KS, resamples=300, seed=0)
     for d in ranks:
-        for k_low, k_high in zip(KS, KS[1:]):
+        for k_low, k_high in zip(KS, KS[1:], strict=False):  # consecutive pairs
             assert out[f"{d}_R@{k_low}"][0] <= out[f"{d}_R@{k_high}"][0]
             assert out[f"{d}_R@{k_low}"][1] <= out[f"{d}_R@{k_high}"][1]
 
