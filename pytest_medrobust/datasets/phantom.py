@@ -31,8 +31,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +38,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from ..files import atomic_write
 
 __all__ = [
     "FINDING_KINDS",
@@ -1164,21 +1164,6 @@ def _png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; the split is shipped as package data
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_split(out_dir: str | Path, *, seed: int, n: int, size: int = 128, split: str = "test") -> Path:
     """Write ``n`` studies (indices ``0 .. n-1``) as ``out_dir/images/<id>.png`` plus ``out_dir/manifest.csv``.
 
@@ -1198,8 +1183,8 @@ def write_split(out_dir: str | Path, *, seed: int, n: int, size: int = 128, spli
     for index in range(int(n)):
         study = generate_study(seed, index, size)
         rel = f"images/{study.id}.png"
-        _atomic_write(out / rel, _png_bytes(study.image))
+        atomic_write(out / rel, _png_bytes(study.image))
         writer.writerow([study.id, rel, study.report, split])
     manifest = out / "manifest.csv"
-    _atomic_write(manifest, buf.getvalue().encode("utf-8"))
+    atomic_write(manifest, buf.getvalue().encode("utf-8"))
     return manifest
