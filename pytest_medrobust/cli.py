@@ -4,7 +4,12 @@
 
 merges the results JSONs of ``--medrobust-shard i/n`` runs into one results JSON with its HTML
 and Markdown reports. Shards must come from the same dataset fingerprint and seed; a cell
-measured in two shards with different numbers is an error.
+measured in two shards with different numbers is an error. Each shard must be whole and as its
+run wrote it: it lists the cells it was expected to measure (``summary.expected``), and its
+summary is recomputed from its cells; an incomplete, errored or edited shard is refused.
+
+Exit statuses: 0 the merged gate passes, 1 it fails, 4 a shard's verdict is ``error`` (a broken
+set-up, as pytest's exit 4), 2 bad usage or input (a malformed, incomplete or edited shard).
 """
 
 from __future__ import annotations
@@ -12,22 +17,206 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import math
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .errors import MedrobustError
 
+EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 4
+
+_SHARD = re.compile(r"([0-9]+)/([0-9]+)")
+_OUTCOMES = ("passed", "failed", "error")
+_KINDS = ("grid", "search")
+
+
+class ErroredShard(MedrobustError):
+    """A shard whose run could not measure its cells (verdict ``error``): exit 4, as pytest's."""
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _expect(path: Path, field: str, value: Any, ok: bool, what: str) -> None:
+    if not ok:
+        raise MedrobustError(f"{path}: field '{field}': expected {what}, got {_shown(value)}")
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_cell(path: Path, i: int, cell: Any) -> None:
+    """The fields of a cell record that merge relies on; a cell whose outcome disagrees with its
+    own ``passed`` and ``failures`` was edited."""
+    at = f"cells[{i}]"
+    _expect(path, at, cell, isinstance(cell, dict), "a cell record (an object)")
+    for key in ("id", "nodeid", "model", "patch"):
+        value = cell.get(key)
+        _expect(path, f"{at}.{key}", value, isinstance(value, str) and bool(value), "a non-empty string")
+    # As in the config (parse_models); ids, whose patch part may hold any option text, are made
+    # plain file names where they name one (reporting.outputs.picture_path).
+    model = cell["model"]
+    _expect(path, f"{at}.model", model, not any(bad in model for bad in ("/", "\\", "..", "\0")),
+            "a model name without '/', '\\', '..' or NUL")
+    level = cell.get("level")
+    _expect(path, f"{at}.level", level, isinstance(level, (int, float)) and not isinstance(level, bool)
+            and math.isfinite(level), "a number")
+    _expect(path, f"{at}.kind", cell.get("kind"), cell.get("kind") in _KINDS, " or ".join(_KINDS))
+    outcome = cell.get("outcome")
+    _expect(path, f"{at}.outcome", outcome, outcome in _OUTCOMES, ", ".join(_OUTCOMES))
+    _expect(path, f"{at}.metrics", cell.get("metrics"), isinstance(cell.get("metrics"), dict), "an object")
+    _expect(path, f"{at}.failures", cell.get("failures"), isinstance(cell.get("failures"), list), "a list")
+    _expect(path, f"{at}.search", cell.get("search"), cell.get("search") is None or isinstance(cell.get("search"), dict),
+            "an object or null")
+    if not cell["nodeid"].endswith(f"[{cell['id']}]"):
+        raise MedrobustError(f"{path}: cell {cell['id']}: its id does not match its node id {cell['nodeid']}: edited")
+    agrees = {
+        "passed": cell.get("passed") is True and not cell["failures"],
+        "failed": cell.get("passed") is False and bool(cell["failures"]),
+        "error": cell.get("passed") is False,
+    }[outcome]
+    if agrees and outcome == "passed":
+        # A passed cell must meet its own minimums (in point and in lower-bound mode alike).
+        for metric, limits in (cell.get("thresholds") or {}).items():
+            interval = (cell.get("intervals") or {}).get(metric) or [None]
+            value, low = _number(cell["metrics"].get(metric)), _number(interval[0])
+            minimum = _number(limits.get("min")) if isinstance(limits, dict) else None
+            if value is not None and minimum is not None and value < minimum and (low is None or low < minimum):
+                raise MedrobustError(
+                    f"{path}: cell {cell['id']}: outcome 'passed' but {metric} = {value} is below its minimum {minimum}: "
+                    "the shard was edited"
+                )
+    if not agrees:
+        raise MedrobustError(
+            f"{path}: cell {cell['id']}: outcome {outcome!r} disagrees with its passed={_shown(cell.get('passed'))} "
+            f"and {len(cell['failures'])} failure(s): the shard was edited"
+        )
+
 
 def _load(path: Path) -> dict[str, Any]:
+    """A shard's results, every field that merge uses checked: a malformed file is one line
+    naming the file and the field, never a traceback."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MedrobustError(f"{path}: cannot read a results JSON: {exc}") from exc
     if not isinstance(data, dict) or data.get("schema") != 1 or not isinstance(data.get("cells"), list):
         raise MedrobustError(f"{path}: not a pytest-medrobust results file (schema 1)")
+    config: Any = data.get("config")
+    _expect(path, "config", config, isinstance(config, dict), "an object (the run's settings)")
+    shard = config.get("shard")
+    match = _SHARD.fullmatch(shard) if isinstance(shard, str) else None
+    _expect(path, "config.shard", shard, shard is None or (match is not None and 1 <= int(match[1]) <= int(match[2])),
+            "null or 'i/n' with 1 <= i <= n")
+    _expect(path, "config.models", config.get("models"), isinstance(config.get("models", []), list), "a list")
+    _expect(path, "seed", data.get("seed"), _is_int(data.get("seed")), "an integer")
+    for key in ("dataset", "models"):
+        _expect(path, key, data.get(key), isinstance(data.get(key, {}), dict), "an object")
+    for name, card in data.get("models", {}).items():
+        _expect(path, f"models.{name}", card, card is None or isinstance(card, dict), "an object or null")
+    _expect(path, "model_summaries", data.get("model_summaries"),
+            isinstance(data.get("model_summaries", []), list)
+            and all(isinstance(m, dict) for m in data.get("model_summaries", [])), "a list of objects")
+    summary: Any = data.get("summary")
+    _expect(path, "summary", summary, isinstance(summary, dict), "an object")
+    expected = summary.get("expected")
+    if expected is None:
+        raise MedrobustError(
+            f"{path}: field 'summary.expected' is missing: the shard does not list the cells it was to measure "
+            "(written by an older pytest-medrobust, or edited); rerun it"
+        )
+    _expect(path, "summary.expected", expected, isinstance(expected, list) and all(isinstance(e, str) for e in expected),
+            "a list of node ids")
+    for i, cell in enumerate(data["cells"]):
+        _check_cell(path, i, cell)
     return data
+
+
+def _assigned(path: Path, config: dict[str, Any]) -> set[str]:
+    """The node ids of the cells the shard's configuration assigns to it, as collection does:
+    what ``summary.expected`` must list when no cell was deselected (``-k``, ``-m``, ``--lf``)."""
+    from .items import cell_in_shard, cell_nodeid, model_cells
+
+    def strings(key: str) -> list[str]:
+        value: Any = config.get(key)
+        _expect(path, f"config.{key}", value, isinstance(value, list) and all(isinstance(v, str) for v in value),
+                "a list of names")
+        return list(value)
+
+    models, patches = strings("models"), strings("patches")
+    levels: Any = config.get("levels")
+    numbers = (int, float)
+    _expect(path, "config.levels", levels, isinstance(levels, list) and all(
+        isinstance(v, numbers) and not isinstance(v, bool) for v in levels), "a list of numbers")
+    search = config.get("search") or {}
+    _expect(path, "config.search", search, isinstance(search, dict) and isinstance(search.get("enabled", False), bool),
+            "an object with a boolean 'enabled'")
+    search_levels = search.get("levels")
+    _expect(path, "config.search.levels", search_levels, search_levels is None or (isinstance(search_levels, list) and all(
+        isinstance(v, numbers) and not isinstance(v, bool) for v in search_levels)), "null or a list of numbers")
+    cells = [c for m in models for c in model_cells(m, patches, levels, bool(search.get("enabled")), search_levels)]
+    if config.get("shard"):
+        index, _, count = str(config["shard"]).partition("/")
+        cells = [c for c in cells if cell_in_shard(c, int(index), int(count))]
+    return {cell_nodeid(c) for c in cells}
+
+
+def _check_shard_whole(path: Path, data: dict[str, Any]) -> None:
+    """A shard is merged only when its run finished and every expected cell is in it, as the run
+    wrote it: its summary is recomputed from its cells and must match the stored one."""
+    from .reporting.results import summarise_cells
+
+    summary, cells = data["summary"], data["cells"]
+    verdict = summary.get("verdict")
+    if verdict == "running":
+        raise MedrobustError(f"{path}: the run that wrote it never finished (verdict 'running'): rerun the shard")
+    if verdict == "incomplete" or summary.get("complete") is False:
+        missing = summary.get("missing") or []
+        shown = ", ".join(map(str, missing[:3])) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise MedrobustError(f"{path}: the shard is incomplete (verdict {verdict!r}; not measured: {shown or '?'}): rerun it")
+    if verdict == "error":
+        errored = [c["id"] for c in cells if c["outcome"] == "error"]
+        raise ErroredShard(
+            f"{path}: the shard's verdict is 'error': {len(errored)} cell(s) could not be measured, e.g. "
+            f"{errored[0] if errored else 'none'}: fix the set-up and rerun it"
+        )
+    expected = set(summary["expected"])
+    assigned = _assigned(path, data["config"])
+    share = f"shard {data['config']['shard']}" if data["config"].get("shard") else "the grid"
+    if expected - assigned:
+        raise MedrobustError(f"{path}: cell {sorted(expected - assigned)[0]} is not a cell of {share} of its config: edited")
+    if assigned - expected:
+        raise MedrobustError(
+            f"{path}: cell {sorted(assigned - expected)[0]} of {share} was not selected in the run that wrote it "
+            f"({len(assigned - expected)} deselected, by -k, -m or --lf?): merge only whole shards"
+        )
+    seen: set[str] = set()
+    for cell in cells:
+        if cell["nodeid"] not in expected:
+            raise MedrobustError(f"{path}: cell {cell['id']} is not among the shard's expected cells: the shard was edited")
+        if cell["nodeid"] in seen:
+            raise MedrobustError(f"{path}: cell {cell['id']} is listed twice: the shard was edited")
+        seen.add(cell["nodeid"])
+    absent = sorted(expected - seen)
+    if absent:
+        raise MedrobustError(f"{path}: cell {absent[0]} was expected but has no record ({len(absent)} missing): edited")
+    failures = sum(bool(m.get("failures")) for m in data.get("model_summaries", []))
+    recomputed = summarise_cells(cells, summary["expected"], interrupted=False, model_failures=failures)
+    differ = [k for k in ("cells", "passed", "failed", "errors", "verdict") if summary.get(k) != recomputed[k]]
+    if differ:
+        stored = ", ".join(f"{k} {_shown(summary.get(k))}" for k in differ)
+        actual = ", ".join(f"{k} {_shown(recomputed[k])}" for k in differ)
+        raise MedrobustError(f"{path}: its summary says {stored} but its cells give {actual}: the shard was edited")
 
 
 def _check_shards_complete(shards: Sequence[tuple[Path, dict[str, Any]]]) -> None:
@@ -35,9 +224,9 @@ def _check_shards_complete(shards: Sequence[tuple[Path, dict[str, Any]]]) -> Non
     seen: dict[int, Path] = {}
     counts = set()
     first_path, first = shards[0]
-    reference = {k: v for k, v in first.get("config", {}).items() if k != "shard"}
+    reference = {k: v for k, v in first["config"].items() if k != "shard"}
     for path, data in shards:
-        config = data.get("config", {})
+        config = data["config"]
         if {k: v for k, v in config.items() if k != "shard"} != reference:
             raise MedrobustError(f"{path}: its configuration differs from {first_path}'s (models, levels, thresholds, ...)")
         shard = config.get("shard")
@@ -56,40 +245,48 @@ def _check_shards_complete(shards: Sequence[tuple[Path, dict[str, Any]]]) -> Non
             raise MedrobustError(f"shard(s) {', '.join(map(str, absent))} missing: merge every shard of the split")
 
 
-def merge_shards(paths: Sequence[Path]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The first shard's results (for seed, config, environment) and every shard's cell records,
-    checked to belong to one run: same seed, same dataset fingerprint, no conflicting cells."""
+def merge_shards(paths: Sequence[Path]) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
+    """The first shard's results (for seed, config, environment), every shard's cell records and
+    the node ids the shards were expected to measure, checked to be one whole run: each shard
+    whole and unedited, same seed, same dataset fingerprint, no conflicting cells."""
     if not paths:
         raise MedrobustError("medrobust merge: no results files given")
     shards = [(p, _load(p)) for p in paths]
     first_path, first = shards[0]
+    # First whether the files are shards of one run, then whether each is whole and unedited.
     _check_shards_complete(shards)
-    records: dict[str, dict[str, Any]] = {}
     weights: dict[str, tuple[str, Path]] = {}
     for path, data in shards:
-        for name, card in (data.get("models") or {}).items():
+        for name, card in data.get("models", {}).items():
             sha = str((card or {}).get("sha256"))
             if name in weights and sha != weights[name][0]:
                 raise MedrobustError(f"{path}: model {name!r} has other weights (sha256) than in {weights[name][1]}")
             weights.setdefault(name, (sha, path))
         if data.get("seed") != first.get("seed"):
             raise MedrobustError(f"{path}: seed {data.get('seed')!r} differs from {first_path}'s {first.get('seed')!r}")
-        dataset_sha = (data.get("dataset") or {}).get("sha256")
-        if dataset_sha != (first.get("dataset") or {}).get("sha256"):
+        dataset_sha = data.get("dataset", {}).get("sha256")
+        if dataset_sha != first.get("dataset", {}).get("sha256"):
             raise MedrobustError(f"{path}: dataset fingerprint {dataset_sha} differs from {first_path}'s")
+    for path, data in shards:
+        _check_shard_whole(path, data)
+    records: dict[str, dict[str, Any]] = {}
+    expected: set[str] = set()
+    for path, data in shards:
+        models: Mapping[str, Any] = data.get("models", {})
+        expected.update(data["summary"]["expected"])
         for cell in data["cells"]:
-            key = f"{cell.get('kind', 'grid')}:{cell['id']}"
+            key = f"{cell['kind']}:{cell['id']}"
             if key in records and records[key].get("metrics") != cell.get("metrics"):
                 raise MedrobustError(f"{path}: cell {cell['id']} was also measured in another shard with other numbers")
-            record = {**cell, "dataset": data.get("dataset"), "model_card": (data.get("models") or {}).get(cell["model"])}
+            record = {**cell, "dataset": data.get("dataset"), "model_card": models.get(cell["model"])}
             picture = (cell.get("search") or {}).get("picture")
             if picture:
-                file = (path.parent / picture).resolve()
+                file = (path.parent / str(picture)).resolve()
                 if file.is_relative_to(path.parent.resolve()) and file.is_file():
                     search = {k: v for k, v in cell["search"].items() if k != "picture"}
                     record["search"] = {**search, "picture_png_base64": base64.b64encode(file.read_bytes()).decode()}
             records[key] = record
-    return first, list(records.values())
+    return first, list(records.values()), sorted(expected)
 
 
 def _merge(args: argparse.Namespace) -> int:
@@ -97,33 +294,46 @@ def _merge(args: argparse.Namespace) -> int:
 
     from .reporting.outputs import write_reports
 
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise MedrobustError(f"-o/--output: {output} is a file, not a folder for the merged reports")
     paths = [Path(p) for p in args.results]
-    first, records = merge_shards(paths)
-    config = {**first.get("config", {}), "shard": None, "merged_from": [str(p) for p in paths]}
+    first, records, expected = merge_shards(paths)
+    config = {**first["config"], "shard": None, "merged_from": [str(p) for p in paths]}
     settings = SimpleNamespace(
-        seed=first["seed"], report_dir=Path(args.output), baseline=SimpleNamespace(save_path=None), to_json=lambda: config
+        seed=first["seed"], report_dir=output, baseline=SimpleNamespace(save_path=None), to_json=lambda: config
     )
-    merged, written = write_reports(settings, records)
+    try:
+        merged, written = write_reports(settings, records, expected=expected)
+    except OSError as exc:
+        raise MedrobustError(f"-o/--output: cannot write the merged reports into {output}: {exc}") from exc
     summary = merged["summary"]
     for path in written:
         print(f"wrote {path}")
     counts = f"{summary['passed']} passed, {summary['failed']} failed, {summary['errors']} errors"
     print(f"gate {summary['verdict'].upper()}: {counts}")
-    return 0 if summary["verdict"] == "pass" else 1
+    return {"pass": EXIT_PASS, "fail": EXIT_FAIL, "error": EXIT_ERROR}.get(summary["verdict"], EXIT_USAGE)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="medrobust", description="pytest-medrobust utilities")
+    parser = argparse.ArgumentParser(
+        prog="medrobust",
+        description="pytest-medrobust utilities",
+        epilog="exit status of merge: 0 pass, 1 gate fail, 4 a shard's verdict is error, 2 usage or bad input",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     merge = sub.add_parser("merge", help="merge shard results into one results JSON and report")
     merge.add_argument("results", nargs="+", help="results JSON files of the shards")
     merge.add_argument("-o", "--output", default="reports", help="folder for the merged reports (default: reports)")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # a usage error exits 2 (argparse)
     try:
         return _merge(args)
+    except ErroredShard as exc:
+        print(f"medrobust: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     except MedrobustError as exc:
         print(f"medrobust: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -43,15 +43,30 @@ class ModelCells(pytest.Collector):
 
     def collect(self) -> Iterator[pytest.Item]:
         settings: Settings = self.config.stash[SETTINGS_KEY]
-        cells = [Cell(self.name, patch, level) for patch in settings.patches for level in settings.levels]
-        if settings.search.enabled:
-            levels = settings.search.levels or tuple(lv for lv in settings.levels if lv > 0)
-            cells += [Cell(self.name, patch, level, kind="search") for patch in settings.patches for level in levels]
-        for cell in cells:
+        search_levels = settings.search.levels if settings.search.enabled else ()
+        for cell in model_cells(self.name, settings.patches, settings.levels, settings.search.enabled, search_levels):
             kind = RecallCell if cell.kind == "grid" else WorstPlacementCell
             name = f"{kind.test_name}[{cell.id}]"
             # An explicit node id: pytest re-parses cached ids for --lf, and must find the same one.
             yield kind.from_parent(self, name=name, nodeid=f"{self.nodeid}::{name}", cell=cell)
+
+
+def model_cells(
+    model: str, patches: Sequence[str], levels: Sequence[float], search: bool, search_levels: Sequence[float] | None
+) -> list[Cell]:
+    """The cells of one model, in collection order: a grid cell per (patch, level), then, with the
+    search on, a search cell per (patch, search level; by default every occluded level)."""
+    cells = [Cell(model, patch, level) for patch in patches for level in levels]
+    if search:
+        chosen = search_levels or tuple(lv for lv in levels if lv > 0)
+        cells += [Cell(model, patch, level, kind="search") for patch in patches for level in chosen]
+    return cells
+
+
+def cell_nodeid(cell: Cell) -> str:
+    """The node id of a cell's item (``medrobust::<model>::test_recall[<cell id>]``)."""
+    test_name = RecallCell.test_name if cell.kind == "grid" else WorstPlacementCell.test_name
+    return f"medrobust::{cell.model}::{test_name}[{cell.id}]"
 
 
 class CellItem(pytest.Item):
@@ -107,6 +122,7 @@ class CellItem(pytest.Item):
             "search": None,
             "duration_s": round(measurement.seconds, 3),
             "cached": measurement.cached,
+            "cache_corrupt": measurement.cache_corrupt,
             "hits": runner.hits(measurement),
             **(extra or {}),  # type: ignore[typeddict-item]
         }
@@ -183,9 +199,14 @@ def error_record(item: CellItem, report: pytest.TestReport) -> CellRecord:
 
 
 def in_shard(item: CellItem, index: int, count: int) -> bool:
+    """Whether a cell's item belongs to shard ``index`` of ``count`` (see :func:`cell_in_shard`)."""
+    return cell_in_shard(item.cell, index, count)
+
+
+def cell_in_shard(cell: Cell, index: int, count: int) -> bool:
     """Whether a cell belongs to shard ``index`` of ``count`` (1-based): a hash of the cell, so
     a cell stays in its shard when the grid grows or shrinks around it."""
-    digest = hashlib.sha256(f"{item.cell.kind}:{item.cell.id}".encode()).digest()
+    digest = hashlib.sha256(f"{cell.kind}:{cell.id}".encode()).digest()
     return int.from_bytes(digest[:8], "little") % count == index - 1
 
 

@@ -61,9 +61,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
     try:
         settings = settings_from_pytest(config)
+        gate = GatePlugin(config, settings)  # may clear the cache folder, which can be refused
     except MedrobustError as exc:
         raise pytest.UsageError(str(exc)) from None
-    config.pluginmanager.register(GatePlugin(config, settings), "medrobust-gate")
+    config.pluginmanager.register(gate, "medrobust-gate")
 
 
 def _dist_given(config: pytest.Config) -> bool:
@@ -84,6 +85,9 @@ class GatePlugin:
         self.expected: set[str] = set()  # node ids of the cells selected to run
         self.results: dict[str, Any] | None = None
         self.written: list[Path] = []
+        # The previous run's report files, superseded by "running" while this run is under way.
+        self.superseded: dict[Path, bytes | None] | None = None
+        self.previous_sigterm: Any = None
         config.stash[SETTINGS_KEY] = settings
         runner = GridRunner(settings)
         runner.progress_writer = self._write_past_capture
@@ -95,20 +99,59 @@ class GatePlugin:
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         """Check the dataset and every model once, before the grid (and before any xdist worker
         starts): a broken set-up stops here with one message and exit status 4, not one error
-        per cell. The reports of the previous run are kept; the error goes beside them."""
+        per cell. The reports of the previous run are kept; the error goes beside them. From
+        here until the reports are written, ``medrobust.json`` says ``running``."""
         if self.is_worker or self.config.option.collectonly:
             return
+        from .reporting.outputs import mark_running, restore, write_error_report, write_interrupted
+
+        self._handle_sigterm()
+        try:
+            # Before the preflight, which can take minutes on a large dataset: a run killed from
+            # here on leaves "running", never the previous run's verdict.
+            self.superseded = mark_running(self.settings)
+        except OSError as exc:
+            raise pytest.UsageError(f"medrobust: cannot write to the report folder {self.settings.report_dir}: {exc}") from None
         runner: GridRunner = self.config.stash[RUNNER_KEY]
         try:
             runner.preflight(distributed=self.config.pluginmanager.has_plugin("dsession"))
         except MedrobustError as exc:
-            from .reporting.outputs import write_error_report
-
+            restore(self.superseded)
+            self.superseded = None
             path = write_error_report(self.settings, str(exc))
             raise pytest.UsageError(
                 f"medrobust: set-up error, no cell was measured (verdict: error):\n{exc}\n"
                 f"wrote {path}; the reports of an earlier run in {path.parent} were left as they were"
             ) from None
+        except KeyboardInterrupt:
+            # pytest skips pytest_sessionfinish when interrupted inside pytest_sessionstart.
+            write_interrupted(self.settings)
+            raise
+        except BaseException:
+            restore(self.superseded)  # any other failure of the set-up, as a set-up error
+            self.superseded = None
+            raise
+
+    def _handle_sigterm(self) -> None:
+        """SIGTERM (what CI time-outs and ``kill`` send) stops the run as Ctrl-C does: the cells
+        not yet run are missing, the verdict is ``incomplete`` and the reports are written."""
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+
+        def interrupt(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt("SIGTERM received")
+
+        self.previous_sigterm = signal.signal(signal.SIGTERM, interrupt)
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self.previous_sigterm is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, self.previous_sigterm)
+            self.previous_sigterm = None
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         settings = self.settings
@@ -192,6 +235,7 @@ class GatePlugin:
                 for section in sections or []
             ],
         )
+        self._settle_superseded(bool(interrupted))
         self._junit_properties(self.results)
         verdict = self.results["summary"]["verdict"]
         # The exit status tells a broken pipeline from a model that is not robust.
@@ -199,6 +243,20 @@ class GatePlugin:
             session.exitstatus = pytest.ExitCode.USAGE_ERROR
         elif verdict == "fail" and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED  # a model-level test (reference) failed
+
+    def _settle_superseded(self, interrupted: bool) -> None:
+        """Replace the "running" marker when this run wrote no results JSON of its own: an
+        interrupted run says ``incomplete``; a run with no cell selected, or whose every cell
+        errored (``medrobust-error.json``), leaves the previous reports as they were."""
+        from .reporting.outputs import RESULTS_FILE, restore, write_interrupted
+
+        if self.superseded is None or Path(self.settings.report_dir) / RESULTS_FILE in self.written:
+            return
+        if interrupted and not self.written:
+            self.written.append(write_interrupted(self.settings))
+        else:
+            restore(self.superseded)
+        self.superseded = None
 
     def _junit_properties(self, results: dict[str, Any]) -> None:
         """Per-model verdicts and scores as junit testsuite properties (controller side, so they

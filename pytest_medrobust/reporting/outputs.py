@@ -8,18 +8,41 @@ asked, the baseline file. Each file is written atomically.
 from __future__ import annotations
 
 import base64
+import hashlib
+import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import MedrobustError
 from ..files import atomic_write
-from .results import build_results, write_results
+from .results import build_results, running_results, write_results
 
 RESULTS_FILE = "medrobust.json"
 HTML_FILE = "medrobust.html"
 MARKDOWN_FILE = "medrobust.md"
 # A run that measured nothing (a set-up error) writes only this, beside the last good reports.
 ERROR_FILE = "medrobust-error.json"
+# The files a finished run writes, which a starting run marks as superseded.
+RUN_FILES = (RESULTS_FILE, HTML_FILE, MARKDOWN_FILE)
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_(),=+@-][A-Za-z0-9._(),=+@-]*")
+
+
+def is_safe_name(name: str) -> bool:
+    """Whether ``name`` can be a file name in the report folder as it is: no path separator,
+    no ``..``, no leading dot (cell ids look like ``demo-plain-black_box-0.30``)."""
+    return bool(_SAFE_NAME.fullmatch(name)) and ".." not in name
+
+
+def picture_path(cell_id: str) -> str:
+    """``masks/<cell id>.png``, relative to the report folder. An id that is not a plain file
+    name (a user patch or model name with ``/`` or ``..``) is made one, with a hash of the id
+    so that two such ids cannot collide: nothing is ever written outside the report folder."""
+    if is_safe_name(cell_id):
+        return f"masks/{cell_id}.png"
+    plain = re.sub(r"[^A-Za-z0-9_(),=+@-]+", "_", cell_id).strip("_")[:80]
+    return f"masks/{plain}-{hashlib.sha256(cell_id.encode()).hexdigest()[:10]}.png"
 
 
 def _pictures(records: Sequence[dict[str, Any]], directory: Path) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
@@ -31,8 +54,11 @@ def _pictures(records: Sequence[dict[str, Any]], directory: Path) -> tuple[list[
         if search and search.get("picture_png_base64"):
             search = dict(search)
             data = base64.b64decode(search.pop("picture_png_base64"))
-            relative = f"masks/{rec['id']}.png"
-            atomic_write(directory / relative, data)
+            relative = picture_path(str(rec["id"]))
+            target = (directory / relative).resolve()
+            if not target.is_relative_to((directory / "masks").resolve()):  # a symlinked masks/, say
+                raise MedrobustError(f"cell {rec['id']!r}: its picture {target} would be written outside {directory}")
+            atomic_write(target, data)
             search["picture"] = relative
             pictures[relative] = data
             rec = {**rec, "search": search}
@@ -97,5 +123,52 @@ def write_error_report(settings: Any, message: str) -> Path:
     results["summary"]["verdict"] = "error"
     results["summary"]["error"] = message
     path = Path(settings.report_dir) / ERROR_FILE
+    write_results(results, path)
+    return path
+
+
+_RUNNING_PAGE = (
+    "A pytest-medrobust run started at {created}. It is still running, or it was stopped before it "
+    "could write its reports: there is no verdict. The previous run's reports were superseded."
+)
+
+
+def mark_running(settings: Any) -> dict[Path, bytes | None]:
+    """Supersede the report folder's results as a run starts: ``medrobust.json`` says verdict
+    ``running`` (and the HTML and Markdown say so), each written atomically, so that a run killed
+    before its own reports (SIGKILL, a lost machine) never leaves the previous verdict standing.
+
+    Returns the previous content of each file (``None``: there was none), for :func:`restore`."""
+    directory = Path(settings.report_dir)
+    previous: dict[Path, bytes | None] = {}
+    for name in RUN_FILES:
+        path = directory / name
+        try:
+            previous[path] = path.read_bytes()
+        except FileNotFoundError:
+            previous[path] = None
+    results = running_results(seed=settings.seed, config=settings.to_json())
+    text = _RUNNING_PAGE.format(created=results["created"])
+    write_results(results, directory / RESULTS_FILE)  # first: it is what CI reads
+    atomic_write(directory / HTML_FILE, f"<!doctype html><meta charset=utf-8><title>medrobust: running</title><p>{text}</p>\n")
+    atomic_write(directory / MARKDOWN_FILE, f"**pytest-medrobust: no verdict.** {text}\n")
+    return previous
+
+
+def restore(previous: dict[Path, bytes | None]) -> None:
+    """Put back the files :func:`mark_running` superseded, for a run that ends without reports
+    of its own (a set-up error, no grid cell selected): they stand as they were."""
+    for path, data in previous.items():
+        if data is None:
+            path.unlink(missing_ok=True)
+        else:
+            atomic_write(path, data)
+
+
+def write_interrupted(settings: Any) -> Path:
+    """The results of a run stopped before any cell was selected (SIGTERM or Ctrl-C during the
+    set-up): verdict ``incomplete``, in place of the ``running`` marker."""
+    results = build_results(seed=settings.seed, config=settings.to_json(), records=[], interrupted=True)
+    path = Path(settings.report_dir) / RESULTS_FILE
     write_results(results, path)
     return path

@@ -2,7 +2,8 @@
 
 Stable fields (other tools build on them; add, never rename): ``schema``, ``seed``,
 ``dataset`` {name, n_images, n_unique_reports, sha256}, ``cells`` [{model, patch, level,
-n_images, metrics, thresholds, passed}], with recalls as fractions in [0, 1].
+n_images, metrics, thresholds, passed}], with recalls as fractions in [0, 1]. ``summary.verdict``
+is ``running`` while a run is under way (or after one was killed before it could finish).
 """
 
 from __future__ import annotations
@@ -73,20 +74,11 @@ def build_results(
         cells.append(cast(CellRecord, rec))
     order = {name: i for i, name in enumerate(config.get("models", []))}
     cells.sort(key=lambda c: _cell_sort_key(c, order))
-    outcomes = [c.get("outcome") for c in cells]
-    recorded = {c.get("nodeid") for c in cells}
-    missing = sorted(set(expected or ()) - recorded)
+    expected = sorted(set(expected or ()))
+    missing = sorted(set(expected) - {c.get("nodeid") for c in cells})
     scores = _model_scores(cells, config, missing, seed)
     model_failures = sum(bool(m["failures"]) for m in scores["models"])
-    summary: dict[str, Any] = {
-        "cells": len(cells),
-        "passed": outcomes.count("passed"),
-        "failed": outcomes.count("failed"),
-        "errors": outcomes.count("error"),
-        "missing": missing,
-        "complete": not missing and not interrupted,
-        "verdict": run_verdict(cells, missing=len(missing), interrupted=interrupted, model_failures=model_failures),
-    }
+    summary = summarise_cells(cells, expected, interrupted=interrupted, model_failures=model_failures)
     return {
         "schema": SCHEMA,
         "tool": {"name": "pytest-medrobust", "version": __version__},
@@ -100,6 +92,54 @@ def build_results(
         "model_summaries": scores["models"],
         "comparisons": scores["comparisons"],
         "summary": summary,
+    }
+
+
+def summarise_cells(
+    cells: Sequence[Mapping[str, Any]], expected: Sequence[str], *, interrupted: bool, model_failures: int
+) -> dict[str, Any]:
+    """The run's ``summary`` from its cells and the node ids it was expected to measure.
+
+    ``expected`` is stored (sorted) so that ``medrobust merge`` can recompute a shard's summary
+    from its cells and refuse a shard whose cells were removed or whose outcomes were edited."""
+    outcomes = [c.get("outcome") for c in cells]
+    missing = sorted(set(expected) - {c.get("nodeid") for c in cells})
+    return {
+        "cells": len(cells),
+        "passed": outcomes.count("passed"),
+        "failed": outcomes.count("failed"),
+        "errors": outcomes.count("error"),
+        "cache_corrupt": sum(int(c.get("cache_corrupt") or 0) for c in cells),
+        "missing": missing,
+        "expected": sorted(expected),
+        "complete": not missing and not interrupted,
+        "verdict": run_verdict(
+            cast(Sequence[CellRecord], cells), missing=len(missing), interrupted=interrupted, model_failures=model_failures
+        ),
+    }
+
+
+def running_results(*, seed: int, config: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``medrobust.json`` says while a run is under way: verdict ``running``, no cells.
+
+    Written when a run starts, so that a run killed before it writes its own results (SIGKILL,
+    a machine lost) leaves "running", never the previous run's verdict."""
+    return {
+        "schema": SCHEMA,
+        "tool": {"name": "pytest-medrobust", "version": __version__},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seed": seed,
+        "environment": environment(None),
+        "config": dict(config),
+        "dataset": {},
+        "models": {},
+        "cells": [],
+        "model_summaries": [],
+        "comparisons": [],
+        "summary": {
+            "cells": 0, "passed": 0, "failed": 0, "errors": 0, "missing": [], "expected": [],
+            "complete": False, "verdict": "running",
+        },
     }
 
 

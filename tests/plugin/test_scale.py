@@ -118,8 +118,8 @@ def test_shards_split_the_grid_and_merge_back(project):
 def test_merge_refuses_shards_of_different_datasets(project, tmp_path, capsys):
     from pytest_medrobust.cli import main
 
-    a = {"schema": 1, "seed": 0, "dataset": {"sha256": "aa"}, "cells": []}
-    b = {"schema": 1, "seed": 0, "dataset": {"sha256": "bb"}, "cells": []}
+    a = {"schema": 1, "seed": 0, "dataset": {"sha256": "aa"}, "config": {}, "cells": [], "summary": {"expected": []}}
+    b = {"schema": 1, "seed": 0, "dataset": {"sha256": "bb"}, "config": {}, "cells": [], "summary": {"expected": []}}
     (tmp_path / "a.json").write_text(json.dumps(a))
     (tmp_path / "b.json").write_text(json.dumps(b))
     assert main(["merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "-o", str(tmp_path / "m")]) == 2
@@ -137,7 +137,7 @@ def test_merge_refuses_shards_with_different_model_weights(tmp_path, capsys):
 
     def shard(i, sha):
         return {"schema": 1, "seed": 0, "dataset": {"sha256": "aa"}, "config": {"shard": f"{i}/2"},
-                "models": {"m": {"sha256": sha}}, "cells": []}
+                "models": {"m": {"sha256": sha}}, "cells": [], "summary": {"expected": []}}
 
     (tmp_path / "a.json").write_text(json.dumps(shard(1, "111")))
     (tmp_path / "b.json").write_text(json.dumps(shard(2, "222")))
@@ -148,7 +148,8 @@ def test_merge_refuses_shards_with_different_model_weights(tmp_path, capsys):
 def test_merge_refuses_a_missing_shard(tmp_path, capsys):
     from pytest_medrobust.cli import main
 
-    one = {"schema": 1, "seed": 0, "dataset": {"sha256": "aa"}, "config": {"shard": "1/2"}, "cells": []}
+    one = {"schema": 1, "seed": 0, "dataset": {"sha256": "aa"}, "config": {"shard": "1/2"}, "cells": [],
+           "summary": {"expected": []}}
     (tmp_path / "a.json").write_text(json.dumps(one))
     assert main(["merge", str(tmp_path / "a.json"), "-o", str(tmp_path / "m")]) == 2
     assert "shard(s) 2 missing" in capsys.readouterr().err

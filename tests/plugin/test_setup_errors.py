@@ -133,7 +133,7 @@ def test_image_root_on_a_loader_without_one_is_an_error(project):
     (project.path / "openi").mkdir()
     result = project.runpytest("--medrobust", "--medrobust-dataset=openi:openi", "--medrobust-image-root=/share")
     assert result.ret == USAGE
-    assert "applies to manifest datasets only, not to the 'openi' loader" in result.stderr.str()
+    assert "--medrobust-image-root: unknown option 'image_root' for the 'openi' dataset loader" in result.stderr.str()
 
 
 def test_image_root_resolves_relative_manifest_paths(project, tmp_path):

@@ -1,0 +1,218 @@
+"""``medrobust merge`` against incomplete, edited and malformed shards (issue 11, items 1, 10
+and 14): each is refused with one line naming the file and the field or cell, never merged into
+a verdict, never a traceback; exit 2 for bad input, 4 for a shard whose verdict is ``error``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from pytest_medrobust.cli import main
+from tests.plugin.conftest import PYPROJECT
+from tests.plugin.fakes import MODELS, write_dataset
+
+# Every cell passes. The hash split puts levels 0.15 and 0.20 in shard 1/2, the rest in 2/2.
+GATE = "models = ['oracle']\nlevels = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25]\nbootstrap = {resamples = 0}\n"
+
+# Interrupts the run (as Ctrl-C or SIGTERM does) when the second cell starts.
+INTERRUPT_SECOND_CELL = """
+started = []
+
+def pytest_runtest_setup(item):
+    started.append(item.nodeid)
+    if len(started) == 2:
+        raise KeyboardInterrupt
+"""
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makepyfile(fakemodels=MODELS)
+    pytester.makefile(".toml", pyproject=PYPROJECT, gate=GATE)
+    write_dataset(pytester.path)
+    return pytester
+
+
+def run_shard(project: pytest.Pytester, index: int) -> Path:
+    out = project.path / f"shard{index}"
+    project.runpytest(
+        "--medrobust-only", "-p", "no:cacheprovider", "--medrobust-config", "gate.toml",
+        "--medrobust-shard", f"{index}/2", "--medrobust-report-dir", str(out),
+        no_reraise_ctrlc=True,  # the interrupted shard's Ctrl-C stays in its own run
+    )
+    return out / "medrobust.json"
+
+
+@pytest.fixture
+def shards(project: pytest.Pytester) -> list[Path]:
+    return [run_shard(project, 1), run_shard(project, 2)]
+
+
+def merge(paths: list[Path], output: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(["merge", *map(str, paths), "-o", str(output)])
+    return code, capsys.readouterr().err
+
+
+def edit(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_whole_shards_merge_to_pass(shards, tmp_path, capsys):
+    code, err = merge(shards, tmp_path / "merged", capsys)
+    assert (code, err) == (0, "")
+    merged = json.loads((tmp_path / "merged" / "medrobust.json").read_text())
+    assert merged["summary"]["verdict"] == "pass" and len(merged["summary"]["expected"]) == 6
+
+
+def test_an_interrupted_shard_is_refused(project, tmp_path, capsys):
+    first = run_shard(project, 1)
+    project.makeconftest(INTERRUPT_SECOND_CELL)
+    second = run_shard(project, 2)
+    assert json.loads(second.read_text())["summary"]["verdict"] == "incomplete"
+    code, err = merge([first, second], tmp_path / "merged", capsys)
+    assert code == 2
+    assert f"{second}: the shard is incomplete" in err and "oracle-black_box-0.05" in err
+    assert not (tmp_path / "merged").exists()
+
+
+def test_a_shard_run_with_cells_deselected_is_refused(project, tmp_path, capsys):
+    first = run_shard(project, 1)
+    project.makeconftest("def pytest_collection_modifyitems(items):\n    del items[1:]\n")
+    second = run_shard(project, 2)
+    assert json.loads(second.read_text())["summary"]["verdict"] == "pass"  # of its one cell
+    code, err = merge([first, second], tmp_path / "merged", capsys)
+    assert code == 2
+    assert f"{second}: cell medrobust::oracle::test_recall[oracle-black_box-0.05] of shard 2/2 was not selected" in err
+
+
+def remove_cell(data):
+    del data["cells"][1]
+
+
+def remove_cell_and_recount(data):
+    remove_cell(data)
+    data["summary"]["cells"] -= 1
+    data["summary"]["passed"] -= 1
+
+
+def remove_cell_everywhere(data):
+    remove_cell_and_recount(data)
+    data["summary"]["expected"].remove("medrobust::oracle::test_recall[oracle-black_box-0.05]")
+
+
+@pytest.mark.parametrize("change", [remove_cell, remove_cell_and_recount, remove_cell_everywhere])
+def test_a_shard_with_a_cell_removed_is_refused(shards, tmp_path, capsys, change):
+    edit(shards[1], change)
+    code, err = merge(shards, tmp_path / "merged", capsys)
+    assert code == 2
+    assert f"{shards[1]}: cell medrobust::oracle::test_recall[oracle-black_box-0.05]" in err
+
+
+def test_an_edited_outcome_is_refused(project, tmp_path, capsys):
+    # A stricter gate: the oracle's 0.15 cell (R@5 0.958) fails, so the merged gate fails.
+    project.makefile(".toml", gate=GATE + "[thresholds]\nmin = {'i2t_unique_R@5' = 0.99}\n")
+    shards = [run_shard(project, 1), run_shard(project, 2)]
+    code, _ = merge(shards, tmp_path / "honest", capsys)
+    assert code == 1
+
+    def outcome_only(data):
+        (cell,) = [c for c in data["cells"] if c["id"] == "oracle-black_box-0.15"]
+        cell["outcome"] = "passed"
+
+    def consistently(data):
+        (cell,) = [c for c in data["cells"] if c["id"] == "oracle-black_box-0.15"]
+        cell.update(outcome="passed", passed=True, failures=[])
+        data["summary"].update(passed=2, failed=0, verdict="pass")
+        for summary in data["model_summaries"]:
+            summary["failures"] = []
+
+    original = shards[0].read_text()
+    for change in (outcome_only, consistently):
+        shards[0].write_text(original)
+        edit(shards[0], change)
+        code, err = merge(shards, tmp_path / "merged", capsys)
+        assert code == 2, change.__name__
+        assert f"{shards[0]}: cell oracle-black_box-0.15: outcome 'passed'" in err, change.__name__
+    assert not (tmp_path / "merged").exists()
+
+
+def test_an_edited_summary_is_refused(shards, tmp_path, capsys):
+    edit(shards[1], lambda data: data["summary"].update(failed=1, passed=3))
+    code, err = merge(shards, tmp_path / "merged", capsys)
+    assert code == 2
+    assert f"{shards[1]}: its summary says passed 3, failed 1 but its cells give passed 4, failed 0" in err
+
+
+def test_a_shard_whose_verdict_is_error_exits_4(shards, tmp_path, capsys):
+    def errored(data):
+        cell = data["cells"][0]
+        cell.update(outcome="error", passed=False, failures=[], metrics={}, error="CUDA out of memory")
+        data["summary"].update(passed=3, errors=1, verdict="error")
+
+    edit(shards[1], errored)
+    code, err = merge(shards, tmp_path / "merged", capsys)
+    assert code == 4
+    assert f"{shards[1]}: the shard's verdict is 'error'" in err and "oracle-black_box-0.00" in err
+
+
+def _set_config(value):
+    return lambda data: data.update(config=value)
+
+
+def _set_shard(value):
+    return lambda data: data["config"].update(shard=value)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda data: data["cells"][0].pop("id"), "field 'cells[0].id'"),
+        (lambda data: data["cells"].__setitem__(0, None), "field 'cells[0]'"),
+        (_set_config(None), "field 'config'"),
+        (_set_shard("two/3"), "field 'config.shard'"),
+        (_set_shard("3/2"), "field 'config.shard'"),
+        (lambda data: data["cells"][0].update(level="high"), "field 'cells[0].level'"),
+        (lambda data: data.update(summary=[]), "field 'summary'"),
+        (lambda data: data["summary"].pop("expected"), "field 'summary.expected'"),
+        (lambda data: data["cells"][0].update(model="../../evil"), "field 'cells[0].model'"),
+    ],
+    ids=["cell-without-id", "null-cell", "null-config", "shard-two", "shard-3-of-2", "level", "summary", "no-expected",
+         "model-path"],
+)
+def test_a_malformed_shard_is_one_line_naming_file_and_field(shards, tmp_path, capsys, change, field):
+    edit(shards[1], change)
+    code, err = merge(shards, tmp_path / "merged", capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"medrobust: error: {shards[1]}: {field}")
+
+
+def test_an_output_that_is_a_file_is_one_line_naming_the_option(shards, tmp_path, capsys):
+    target = tmp_path / "merged.txt"
+    target.write_text("not a folder")
+    code, err = merge(shards, target, capsys)
+    assert code == 2
+    assert err == f"medrobust: error: -o/--output: {target} is a file, not a folder for the merged reports\n"
+    assert target.read_text() == "not a folder"
+
+
+def test_a_path_traversal_cell_id_writes_nothing_outside_the_output(shards, tmp_path, capsys):
+    escaped = "../../../escaped"
+
+    def traversal(data):
+        cell = data["cells"][0]
+        cell.update(id=escaped, nodeid=f"medrobust::oracle::test_recall[{escaped}]", search={"picture": "masks/x.png"})
+
+    (shards[1].parent / "masks").mkdir()
+    (shards[1].parent / "masks" / "x.png").write_bytes(base64.b64decode(base64.b64encode(b"\x89PNG fake")))
+    edit(shards[1], traversal)
+    output = tmp_path / "a" / "b" / "merged"
+    code, err = merge(shards, output, capsys)
+    assert code == 2 and f"{shards[1]}: cell {escaped}" in err
+    assert [p for p in tmp_path.rglob("*.png") if not p.is_relative_to(shards[1].parent)] == []
