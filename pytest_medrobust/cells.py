@@ -67,6 +67,7 @@ class CellRecord(TypedDict, total=False):
     search: dict[str, Any] | None
     duration_s: float | None
     cached: bool
+    cache_corrupt: int  # corrupt cache entries found (and recomputed) while measuring the cell
     device: str | None
     hits: dict[str, str]  # metric -> packed per-query hits (see gate.compare), for paired tests
     model_card: dict[str, Any]

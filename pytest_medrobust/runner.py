@@ -18,11 +18,11 @@ from typing import Any
 import torch
 
 from . import __version__, occlusion
-from .cache import EmbeddingCache
+from .cache import CacheWarning, EmbeddingCache, check_clearable, claim_cache_dir
 from .cells import LEVEL_DECIMALS, Cell
 from .config import Settings
 from .datasets import Dataset, decode_dataset, load_dataset, to_batch
-from .errors import MedrobustError
+from .errors import MedrobustError, ModelLoadError
 from .gate import Verdict, chance_recall, check_compatible, judge_cell, load_baseline
 from .gate.compare import pack_hits
 from .metrics import Ranks, compute_ranks, summarize, unique_texts
@@ -37,6 +37,7 @@ class Measurement:
     seconds: float
     intervals: dict[str, list[float]] | None = None
     cached: bool = False  # image embeddings read from the on-disk cache
+    cache_corrupt: int = 0  # corrupt cache entries found (and recomputed) for this measurement
 
 
 def resolve_device(name: str, worker: str | None = None) -> torch.device:
@@ -85,6 +86,57 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def _describe(value: Any) -> str:
+    """What a model returned, for an error message: type, and shape, dtype and device if any."""
+    if value is None:
+        return "None"
+    kind = type(value).__qualname__
+    if type(value).__module__ not in ("builtins", "torch"):
+        kind = f"{type(value).__module__}.{kind}"
+    elif isinstance(value, torch.Tensor):
+        kind = "torch.Tensor"
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        device = f" on {value.device}" if isinstance(value, torch.Tensor) else ""
+        return f"a {kind} of shape {tuple(shape)}, dtype {getattr(value, 'dtype', '?')}{device}"
+    if isinstance(value, (list, tuple, dict)):
+        return f"a {kind} of {len(value)} items"
+    return f"a {kind}"
+
+
+def check_output(model: str, method: str, value: Any, n: int) -> torch.Tensor:
+    """``value``, if it is what ``method`` must return for ``n`` inputs: a 2-D floating-point
+    tensor (on any device) with one row per input. Anything else would be ranked as if it were
+    embeddings and read as "not robust" instead of "this model is broken": refuse it."""
+    problem = None
+    if not isinstance(value, torch.Tensor):
+        problem = "not a torch.Tensor"
+    elif value.ndim != 2:
+        problem = f"{value.ndim}-D, not 2-D"
+    elif value.shape[0] != n:
+        problem = f"{value.shape[0]} rows for {n} inputs"
+    elif value.shape[1] == 0:
+        problem = "no columns"
+    elif not value.is_floating_point():
+        problem = "not a floating-point dtype"
+    if problem is not None:
+        raise ModelLoadError(
+            f"model {model!r}: {method} returned {_describe(value)} for {n} inputs ({problem}); it must return "
+            f"a 2-D floating-point torch.Tensor with one row per input, shape ({n}, D)"
+        )
+    assert isinstance(value, torch.Tensor)
+    return value
+
+
+def check_widths(model: str, images: torch.Tensor, texts: torch.Tensor) -> None:
+    """Image and text embeddings are compared by dot product: they must have one width."""
+    if images.shape[1] != texts.shape[1]:
+        raise ModelLoadError(
+            f"model {model!r}: encode_images returned {images.shape[1]}-wide embeddings and encode_texts "
+            f"{texts.shape[1]}-wide ones; both must have the same width to be compared"
+        )
+
+
 # Placement: given (images, ids) returns the occluded images. The grid's seeded random placement
 # and a Hypothesis placement policy both fit this shape.
 Occluder = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]
@@ -105,6 +157,8 @@ class GridRunner:
         self._baseline: Any = None
         self._fingerprints: dict[str, str | None] = {}
         self._error_cells: dict[int, str] = {}  # id of a remembered set-up error -> first cell
+        self._checked: dict[str, BaseException | None] = {}  # model -> outcome of check_outputs
+        self._corrupt: dict[str, int] = {}  # model -> corrupt cache entries found in this process
         self.cache = EmbeddingCache(settings.cache_dir / "v1" if settings.cache else None)
         self.progress_writer: Callable[[str], Any] = sys.stderr.write
 
@@ -135,12 +189,15 @@ class GridRunner:
     def autocast(self) -> torch.dtype | None:
         return autocast_dtype(self.settings.precision, self.device)
 
-    def _forward(self, encode: Callable[[Any], torch.Tensor], batch: Any) -> torch.Tensor:
+    def _forward(self, name: str, method: str, encode: Callable[[Any], Any], batch: Any) -> torch.Tensor:
+        """``encode(batch)`` under the run's precision, checked to be embeddings of the batch."""
         dtype = self.autocast
         if dtype is None:
-            return encode(batch).float()
-        with torch.autocast(device_type=self.device.type, dtype=dtype):
-            return encode(batch).float()
+            out = encode(batch)
+        else:
+            with torch.autocast(device_type=self.device.type, dtype=dtype):
+                out = encode(batch)
+        return check_output(name, method, out, len(batch)).float()
 
     def dataset(self) -> Dataset:
         if self._dataset_error is not None:
@@ -151,6 +208,8 @@ class GridRunner:
                 if "limit" in options:  # the subset follows the run's seed unless the options set one
                     options.setdefault("seed", self.settings.seed)
                 if self.settings.cache:
+                    # Created (and marked as ours) before the first entry is written into it.
+                    claim_cache_dir(self.settings.cache_dir)
                     options.setdefault("cache_dir", self.settings.cache_dir)
                 self._dataset = load_dataset(self.settings.dataset, **options)
             except BaseException as exc:
@@ -169,8 +228,27 @@ class GridRunner:
             raise entry
         return entry
 
+    def _name_of(self, model: RetrievalModel) -> str:
+        """The name the run knows a loaded model by (its spec's, which may differ from model.name)."""
+        return next((n for n, m in self._models.items() if m is model), str(getattr(model, "name", "?")))
+
     def model_card(self, name: str) -> dict[str, Any]:
-        return model_card(self.model(name), self._specs[name])
+        """The model's card for the results JSON, with ``cache_corrupt``: how many of its cache
+        entries (embeddings, decoded images) this process found corrupt and recomputed."""
+        return {**model_card(self.model(name), self._specs[name]), "cache_corrupt": self._corrupt.get(name, 0)}
+
+    @property
+    def cache_corrupt(self) -> int:
+        """Corrupt cache entries found (and recomputed) by this process, over all models."""
+        return sum(self._corrupt.values())
+
+    def _found_corrupt(self, name: str, where: str) -> None:
+        """Count a corrupt cache entry against ``name`` and say so: it was recomputed, but a cache
+        that goes bad is worth knowing about."""
+        import warnings
+
+        self._corrupt[name] = self._corrupt.get(name, 0) + 1
+        warnings.warn(CacheWarning(f"model {name!r}: corrupt cache entry recomputed and overwritten: {where}"), stacklevel=3)
 
     def fingerprint(self, name: str) -> str | None:
         """What the model's numbers depend on: weights, code and preprocessing (None: unknown,
@@ -180,7 +258,8 @@ class GridRunner:
 
             from .cache import CacheWarning, missing_fingerprint, model_fingerprint
 
-            model, card = self.model(name), self.model_card(name)
+            model = self.model(name)
+            card = model_card(model, self._specs[name])  # without the run's counts
             found = model_fingerprint(model, card)
             if found is None and self.cache.enabled:
                 warnings.warn(CacheWarning(missing_fingerprint(model, card)), stacklevel=2)
@@ -203,7 +282,10 @@ class GridRunner:
             "batch_size": self.settings.batch_size,
             **what,
         }
-        return self.cache.get_or_compute(fields, compute)
+        value = self.cache.get_or_compute(fields, compute)
+        if self.cache.last_corrupt is not None:
+            self._found_corrupt(name, self.cache.last_corrupt)
+        return value
 
     def pixels(self, model: RetrievalModel) -> torch.Tensor:
         """The dataset at the model's input size (uint8 N x H x W), decoded once per geometry."""
@@ -213,7 +295,10 @@ class GridRunner:
         key = ("model", id(model)) if prepare else ((height, width), model.geometry)
         if key not in self._pixels:
             cache_dir = self.settings.cache_dir / "decoded" if self.settings.cache else None
-            pixels = decode_dataset(self.dataset(), (height, width), model.geometry, prepare, cache_dir=cache_dir)
+            pixels = decode_dataset(
+                self.dataset(), (height, width), model.geometry, prepare, cache_dir=cache_dir,
+                on_corrupt=lambda where: self._found_corrupt(self._name_of(model), where),
+            )
             # Pinned host memory lets the copies to the GPU run asynchronously.
             self._pixels[key] = pixels.pin_memory() if self.device.type == "cuda" else pixels
         return self._pixels[key]
@@ -235,9 +320,40 @@ class GridRunner:
         self.baseline()
         for spec in self.settings.models:
             if distributed:
-                load_model(spec, torch.device("cpu"))
+                self._check_outputs_on_cpu(spec, load_model(spec, torch.device("cpu")))
             else:
                 self.prepare(spec.name)
+
+    def check_outputs(self, name: str) -> None:
+        """Run the model once on the dataset's first images and reports and refuse what is not
+        embeddings (see :func:`check_output`), so a broken model is a set-up error, once, before
+        any cell ranks its outputs. Remembered: every later call raises the same error."""
+        if name not in self._checked:
+            try:
+                self._check_outputs(name, self.model(name), self.pixels(self.model(name)), self.device)
+                self._checked[name] = None
+            except MedrobustError as exc:
+                self._checked[name] = exc
+        error = self._checked[name]
+        if error is not None:
+            raise error
+
+    def _check_outputs(self, name: str, model: RetrievalModel, pixels: torch.Tensor, device: torch.device) -> None:
+        n = min(2, len(pixels))
+        texts = self.dataset().reports[:n]
+        with torch.inference_mode():
+            images = check_output(name, "encode_images", model.encode_images(to_batch(pixels, slice(0, n), device)), n)
+            embedded = check_output(name, "encode_texts", model.encode_texts(texts), len(texts))
+        check_widths(name, images, embedded)
+
+    def _check_outputs_on_cpu(self, spec: Any, model: RetrievalModel) -> None:
+        """:meth:`check_outputs` for the controller under xdist: the model on the CPU, the first
+        images decoded apart (the workers decode the dataset, not the controller)."""
+        dataset = self.dataset()
+        first = Dataset(dataset.name, dataset.source, dataset.records[:2])
+        height, width = model.input_size
+        pixels = decode_dataset(first, (height, width), model.geometry, getattr(model, "prepare_image", None))
+        self._check_outputs(spec.name, model, pixels, torch.device("cpu"))
 
     def first_cell_with(self, error: BaseException, cell_id: str) -> str:
         """The id of the first cell that reported ``error`` (``cell_id`` if it is the first)."""
@@ -249,6 +365,7 @@ class GridRunner:
         self.dataset()
         self.pixels(self.model(name))
         self.baseline()
+        self.check_outputs(name)
 
     # -- measurements ---------------------------------------------------------------------------
 
@@ -262,7 +379,9 @@ class GridRunner:
             def compute() -> torch.Tensor:
                 model = self.model(name)
                 bs = self.settings.batch_size
-                return torch.cat([self._forward(model.encode_texts, texts[i : i + bs]) for i in range(0, len(texts), bs)])
+                return torch.cat(
+                    [self._forward(name, "encode_texts", model.encode_texts, texts[i : i + bs]) for i in range(0, len(texts), bs)]
+                )
 
             embeddings = self._cached(name, {"kind": "text"}, compute)
             _check_finite(name, "text", embeddings, texts, "")
@@ -281,7 +400,7 @@ class GridRunner:
             for start in range(0, len(ids), bs):
                 stop = min(start + bs, len(ids))
                 batch = occluder(to_batch(pixels, slice(start, stop), self.device), ids[start:stop])
-                out.append(self._forward(model.encode_images, batch))
+                out.append(self._forward(name, "encode_images", model.encode_images, batch))
                 progress.update(stop)
             return torch.cat(out)
 
@@ -294,13 +413,16 @@ class GridRunner:
         """Metrics with every image occluded by ``occluder``; ``label`` names the occlusion
         uniquely (patch spec, level, seed or policy) and keys the cache."""
         started = time.perf_counter()
+        corrupt_before = self._corrupt.get(name, 0)
         texts, index = self.text_embeddings(name)
         images = self.image_embeddings(name, occluder, label)
         cached = self.cache.last_hit
         _check_finite(name, "image", images, self.dataset().ids, label)
+        check_widths(name, images, texts)
         ranks = compute_ranks(images.to(self.device), texts, index)
         metrics = summarize(ranks, self.settings.ks)
-        return Measurement(metrics, ranks, len(index), time.perf_counter() - started, cached=cached)
+        corrupt = self._corrupt.get(name, 0) - corrupt_before
+        return Measurement(metrics, ranks, len(index), time.perf_counter() - started, cached=cached, cache_corrupt=corrupt)
 
     def measure(self, name: str, patch: str, level: float) -> Measurement:
         """The grid's seeded random placement; the clean level is shared by every patch type."""
@@ -338,9 +460,12 @@ class GridRunner:
 
     def cache_root_clear(self) -> None:
         """Remove what the cache folder holds of ours: embeddings, decoded images and file
-        hashes. Other files in the folder (it may be one the user pointed at) are left alone."""
+        hashes. Only a folder that carries our marker is touched (one the user pointed at may
+        hold their own ``decoded/``): any other raises :class:`MedrobustError`."""
         import shutil
 
+        if not check_clearable(self.settings.cache_dir):
+            return
         self.cache.clear()
         for sub in ("decoded", "file-sha256"):
             shutil.rmtree(self.settings.cache_dir / sub, ignore_errors=True)

@@ -125,27 +125,33 @@ def join_image_path(root: Path, image: str, where: str) -> Path:
 
 
 # --- Per-file sha256 cache ---------------------------------------------------------------------
-# A file's hash is reused while its (resolved path, size, mtime_ns) is unchanged: in-process
-# always, and across runs in ``<cache_dir>/file-sha256/<hash of the dataset source>.json`` when
-# a cache folder is given. That file is written atomically (temp file + os.replace); concurrent
-# writers (xdist workers) can only lose each other's new entries, never corrupt the file.
+# A file's hash is reused while its path and stat (size, mtime_ns, ctime_ns, inode, device) are
+# unchanged: in-process always, and across runs in
+# ``<cache_dir>/file-sha256/<hash of the dataset source>.json`` when a cache folder is given.
+# Size and mtime alone are not enough: a same-size file put in place with its mtime set back
+# (``cp -p``, ``touch -r``, ``os.utime``) keeps them, but it gets another ctime (which no user
+# call can set) and, when moved in, another inode. That file is written atomically (temp file +
+# os.replace); concurrent writers (xdist workers) can only lose each other's new entries, never
+# corrupt the file.
 
-_FILE_HASHES: dict[str, tuple[int, int, str]] = {}
+Stat = tuple[int, int, int, int, int]  # size, mtime_ns, ctime_ns, inode, device
+_FILE_HASHES: dict[str, tuple[Stat, str]] = {}
 _LOADED_CACHE_FILES: set[str] = set()
 _HASH_LOCK = threading.Lock()
 
 
-def _stat_key(path: Path) -> tuple[str, int, int]:
+def _stat_key(path: Path) -> tuple[str, Stat]:
     st = path.stat()
-    return str(path), st.st_size, st.st_mtime_ns
+    return str(path), (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
 def file_sha256(path: Path, data: bytes | None = None) -> str:
-    """sha256 of a file's bytes, cached by (path, size, mtime). ``data``: its bytes, if read."""
-    key, size, mtime = _stat_key(path)
+    """sha256 of a file's bytes, cached by its path and stat. ``data``: its bytes, if read (then
+    they are hashed: cheaper than trusting the stat)."""
+    key, stat = _stat_key(path)
     hit = _FILE_HASHES.get(key)
-    if hit is not None and hit[0] == size and hit[1] == mtime:
-        return hit[2]
+    if hit is not None and hit[0] == stat and data is None:
+        return hit[1]
     if data is not None:
         digest = hashlib.sha256(data).hexdigest()
     else:
@@ -155,7 +161,7 @@ def file_sha256(path: Path, data: bytes | None = None) -> str:
                 h.update(chunk)
         digest = h.hexdigest()
     with _HASH_LOCK:
-        _FILE_HASHES[key] = (size, mtime, digest)
+        _FILE_HASHES[key] = (stat, digest)
     return digest
 
 
@@ -196,8 +202,14 @@ def file_digests(paths: list[Path], cache_dir: Path | None = None, source: Path 
     if cache_file is not None and str(cache_file) not in _LOADED_CACHE_FILES:
         with _HASH_LOCK:
             for key, entry in _read_hash_cache(cache_file).items():
-                if isinstance(entry, list) and len(entry) == 3 and key not in _FILE_HASHES:
-                    _FILE_HASHES[key] = (int(entry[0]), int(entry[1]), str(entry[2]))
+                # [size, mtime_ns, ctime_ns, inode, device, sha256]; older 3-item entries
+                # (no ctime, no inode) are not trusted: those files are hashed again.
+                if isinstance(entry, list) and len(entry) == 6 and key not in _FILE_HASHES:
+                    try:
+                        stat = (int(entry[0]), int(entry[1]), int(entry[2]), int(entry[3]), int(entry[4]))
+                    except (TypeError, ValueError):
+                        continue
+                    _FILE_HASHES[key] = (stat, str(entry[5]))
             _LOADED_CACHE_FILES.add(str(cache_file))
     before = {str(p): _FILE_HASHES.get(str(p)) for p in paths}
     if len(paths) > 1:
@@ -207,7 +219,7 @@ def file_digests(paths: list[Path], cache_dir: Path | None = None, source: Path 
         digests = [file_sha256(p) for p in paths]
     if cache_file is not None and any(_FILE_HASHES.get(k) != v for k, v in before.items()):
         merged = _read_hash_cache(cache_file)
-        merged.update({str(p): list(_FILE_HASHES[str(p)]) for p in paths})
+        merged.update({str(p): [*_FILE_HASHES[str(p)][0], _FILE_HASHES[str(p)][1]] for p in paths})
         try:
             atomic_write_bytes(cache_file, json.dumps(merged).encode())
         except OSError:

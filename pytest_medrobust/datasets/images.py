@@ -12,18 +12,21 @@ A model may replace this step with its own ``prepare_image(PIL.Image) -> PIL.Ima
 resize gives upstream too) and turned into float [0, 1] per batch, replicated to 3 channels.
 
 Decoded cache: when the dataset has a ``cache_dir`` (or one is passed), ``decode_dataset``
-keeps its N x H x W result in ``<cache_dir>/decoded/<key>.npy``, where the key hashes the
+keeps its N x H x W result in ``<cache_dir>/decoded/<key>.npz``, where the key hashes the
 dataset fingerprint (ids, reports, image bytes), the size, the geometry, the ``prepare``
 function (its qualified name and its output on a fixed probe image), Pillow's version and
-``DECODE_VERSION``. Files are written to a temp file and moved in place with ``os.replace``, so
-a reader never sees a partial file; an unreadable or mismatched cache file is ignored and
-rewritten.
+``DECODE_VERSION``. Beside the pixels the file holds a sha256 of the key and the pixels, checked
+on every read. Files are written to a temp file and moved in place with ``os.replace``, so a
+reader never sees a partial file; an unreadable file, or one whose checksum or shape does not
+match (garbled pixels, another entry's data), is corrupt: reported through ``on_corrupt``,
+decoded again and rewritten.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,7 +37,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DatasetError
-from .base import Dataset, atomic_write, raise_problems
+from ..files import atomic_write
+from .base import Dataset, raise_problems
+from .subset import check_pixels
 
 # Bump when read_image/fit/read_dicom change what they produce, to invalidate decoded caches.
 DECODE_VERSION = 1
@@ -44,6 +49,10 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 Prepare = Callable[[Image.Image], Image.Image]
 
 
+# What a bad image file raises while it is read: a bad row, never a traceback.
+DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, DatasetError, Image.DecompressionBombError)
+
+
 def read_image(path: Path) -> Image.Image:
     """An 8-bit grayscale PIL image from PNG, JPEG or DICOM."""
     if path.suffix.lower() in DICOM_SUFFIXES:
@@ -51,6 +60,7 @@ def read_image(path: Path) -> Image.Image:
 
         return read_dicom(path)
     with Image.open(path) as im:
+        check_pixels(*im.size)  # a decompression bomb is a bad row, before it is decoded
         im.load()  # decode now: a truncated file fails here, not later
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):
             arr = np.asarray(im, dtype=np.float64)
@@ -87,26 +97,39 @@ def decode_dataset(
     *,
     workers: int | None = None,
     cache_dir: Path | str | None = None,
+    on_corrupt: Callable[[str], object] | None = None,
 ) -> torch.Tensor:
     """All images of ``dataset`` at the model's input size: uint8 tensor N x H x W.
 
     Decoding runs in threads (PIL releases the GIL). Every image is tried; one error lists every
     row that failed, with its file and reason. With a cache folder (``cache_dir``, else
-    ``dataset.cache_dir``) the result is cached on disk (see the module docstring).
+    ``dataset.cache_dir``) the result is cached on disk (see the module docstring);
+    ``on_corrupt(where)`` is called for a cached file found corrupt (then decoded again).
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else dataset.cache_dir
     cache_file = _decoded_cache_file(dataset, size, geometry, prepare, cache_dir) if cache_dir else None
     if cache_file is not None:
-        cached = _load_decoded(cache_file, (len(dataset.records), *size))
+        cached, why = _load_decoded(cache_file, (len(dataset.records), *size))
         if cached is not None:
             return cached
+        if why is not None and on_corrupt is not None:
+            on_corrupt(f"{cache_file}: {why}")
     pixels = _decode_all(dataset, size, geometry, prepare, workers)
     if cache_file is not None:
+        array = pixels.numpy()
+        digest = _pixels_checksum(cache_file.stem, array)
         try:
-            atomic_write(cache_file, lambda f: np.save(f, pixels.numpy(), allow_pickle=False))
+            atomic_write(cache_file, lambda f: np.savez(f, pixels=array, sha256=np.array(digest)))
         except OSError:
             pass  # an unwritable cache only costs decoding again next run
     return pixels
+
+
+def _pixels_checksum(key: str, array: np.ndarray) -> str:
+    """sha256 binding decoded pixels (dtype, shape, bytes) to their cache key."""
+    h = hashlib.sha256(f"{key}|{array.dtype}|{array.shape}|".encode())
+    h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()
 
 
 def _prepare_id(prepare: Prepare | None, size: tuple[int, int], geometry: str) -> str | None:
@@ -140,17 +163,24 @@ def _decoded_cache_file(
         },
         sort_keys=True,
     )
-    return Path(cache_dir) / "decoded" / f"{hashlib.sha256(key.encode()).hexdigest()}.npy"
+    return Path(cache_dir) / "decoded" / f"{hashlib.sha256(key.encode()).hexdigest()}.npz"
 
 
-def _load_decoded(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
+def _load_decoded(path: Path, shape: tuple[int, ...]) -> tuple[torch.Tensor | None, str | None]:
+    """(the cached pixels, None), (None, None) when there is no entry, or (None, why) when the
+    entry is corrupt."""
+    if not path.is_file():
+        return None, None
     try:
-        arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError):
-        return None
+        with np.load(path, allow_pickle=False) as entry:
+            arr, stored = entry["pixels"], str(entry["sha256"])
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        return None, f"unreadable ({type(exc).__name__}: {exc})"
     if arr.dtype != np.uint8 or arr.shape != shape:
-        return None
-    return torch.from_numpy(np.ascontiguousarray(arr))
+        return None, f"holds {arr.dtype} {arr.shape}, expected uint8 {shape}"
+    if stored != _pixels_checksum(path.stem, arr):
+        return None, "checksum mismatch"
+    return torch.from_numpy(np.ascontiguousarray(arr)), None
 
 
 def _decode_all(
@@ -162,7 +192,7 @@ def _decode_all(
         record = dataset.records[i]
         try:
             image = prepare(read_image(record.image))
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, DatasetError) as exc:
+        except DECODE_ERRORS as exc:
             return f"{record.where}: cannot decode {record.image}: {exc}"
         arr = np.asarray(image.convert("L"), dtype=np.uint8)
         if arr.shape != tuple(size):

@@ -22,6 +22,8 @@ module does not import torch.
 from __future__ import annotations
 
 import importlib
+import inspect
+import numbers
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -105,11 +107,22 @@ def resolve_factory(spec: ModelSpec) -> Callable[..., RetrievalModel]:
     return obj
 
 
+def _parameters(factory: Callable[..., Any]) -> set[str]:
+    try:
+        return set(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
 def load_model(spec: ModelSpec, device: torch.device) -> RetrievalModel:
     """Build a model and check that it follows the protocol; errors name the model."""
     factory = resolve_factory(spec)
+    options = dict(spec.options)
+    # Adapters that take a `name` use it in their messages and cards: give them the user's.
+    if "name" not in options and "name" in _parameters(factory):
+        options["name"] = spec.name
     try:
-        model = factory(device=device, **dict(spec.options))
+        model = factory(device=device, **options)
     except ModelLoadError:
         raise
     except Exception as exc:
@@ -119,7 +132,30 @@ def load_model(spec: ModelSpec, device: torch.device) -> RetrievalModel:
         raise ModelLoadError(f"model {spec.name!r}: the factory's object lacks {', '.join(missing)}")
     if model.geometry not in ("crop", "pad"):
         raise ModelLoadError(f"model {spec.name!r}: geometry must be 'crop' or 'pad', got {model.geometry!r}")
+    check_input_size(spec.name, model.input_size)
+    for method in ("encode_images", "encode_texts"):
+        if not callable(getattr(model, method)):
+            raise ModelLoadError(f"model {spec.name!r}: {method} is not callable")
     return model
+
+
+# Larger than any chest X-ray detector: a bigger input_size is a mistake (units, a swapped field).
+MAX_INPUT_SIDE = 16384
+
+
+def check_input_size(name: str, size: Any) -> None:
+    """``input_size`` must be (height, width), two positive ints: the images are decoded to it,
+    so a bad one would otherwise surface as a decoding error blamed on the dataset."""
+    ok = (
+        isinstance(size, (tuple, list))
+        and len(size) == 2
+        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 < int(v) <= MAX_INPUT_SIDE for v in size)
+    )
+    if not ok:
+        raise ModelLoadError(
+            f"model {name!r}: input_size must be (height, width), two integers from 1 to {MAX_INPUT_SIDE}; "
+            f"got {size!r} ({type(size).__name__})"
+        )
 
 
 def _shown_option(key: str, value: Any) -> Any:

@@ -49,6 +49,8 @@ def summary_lines(results: Mapping[str, Any], metric: str) -> list[str]:
             lines.append(f"  {c['id']} {_mark(c)}{shown}: {found}")
     lines += model_lines(results)
     summary = results["summary"]
+    if summary.get("cache_corrupt"):
+        lines += ["", f"{summary['cache_corrupt']} corrupt cache entr(ies) were found, recomputed and overwritten"]
     missing = summary.get("missing") or []
     if missing:
         lines.append("")
