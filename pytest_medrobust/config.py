@@ -86,6 +86,8 @@ class Settings:
     model_definitions: Mapping[str, ModelSpec] = field(default_factory=dict)
     dataset: str | None = None
     dataset_options: Mapping[str, Any] = field(default_factory=dict)
+    # How messages name each dataset option: its flag, or "<file>: dataset_options.<key>".
+    dataset_option_sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     levels: tuple[float, ...] = DEFAULT_LEVELS
     patches: tuple[str, ...] = DEFAULT_PATCHES
     ks: tuple[int, ...] = DEFAULT_KS
@@ -215,6 +217,16 @@ def parse_shard(value: Any, where: str) -> tuple[int, int] | None:
     return (i, n)
 
 
+def parse_path(value: Any, where: str) -> str:
+    """A file or folder path from the config: a non-empty string (``cache_dir = 5`` is a mistake,
+    not a folder named "5")."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: expected a path, got {_shown(value)}")
+    return value
+
+
 def parse_int(value: Any, where: str, minimum: int | None = None) -> int:
     if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
         raise ConfigError(f"{where}: {value!r} is not an integer")
@@ -243,10 +255,19 @@ def parse_models(value: Any, where: str, defined: Mapping[str, ModelSpec] | None
     if not isinstance(value, (list, tuple)):
         raise ConfigError(f"{where}: expected a list of model names or tables, got {value!r}")
     defined = defined or {}
+
+    def checked(name: Any, at: str) -> str:
+        # A model's name is part of cell ids, which name report files (masks/<cell id>.png).
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{at}: a model name must be a non-empty string, got {name!r}")
+        if "/" in name or "\\" in name or ".." in name or "\0" in name:
+            raise ConfigError(f"{at}: model name {name!r} must not contain '/', '\\', '..' or NUL (it names report files)")
+        return name
+
     specs = []
     for i, item in enumerate(value):
         if isinstance(item, str):
-            specs.append(defined.get(item, ModelSpec(item)))
+            specs.append(defined.get(item, ModelSpec(checked(item, f"{where}[{i}]"))))
         elif isinstance(item, Mapping):
             unknown = set(item) - {"name", "factory", "options"}
             if unknown:
@@ -256,7 +277,7 @@ def parse_models(value: Any, where: str, defined: Mapping[str, ModelSpec] | None
             options = item.get("options", {})
             if not isinstance(options, Mapping):
                 raise ConfigError(f"{where}[{i}].options must be a table")
-            specs.append(ModelSpec(str(item["name"]), item.get("factory"), dict(options)))
+            specs.append(ModelSpec(checked(item["name"], f"{where}[{i}].name"), item.get("factory"), dict(options)))
         else:
             raise ConfigError(f"{where}[{i}]: expected a model name or table, got {item!r}")
     if not specs:
@@ -281,10 +302,21 @@ def read_toml_table(path: Path, *, required: bool) -> dict[str, Any]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
-    table = data.get("tool", {}).get("medrobust")
+    tool = data.get("tool", {})
+    if not isinstance(tool, dict):
+        raise ConfigError(f"{path}: 'tool' must be a table ([tool.medrobust]), got {_shown(tool)}")
+    table = tool.get("medrobust")
     if table is None:
         return {} if path.name == "pyproject.toml" else data
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [tool.medrobust] must be a table, got medrobust = {_shown(table)}")
     return table
+
+
+def _shown(value: Any) -> str:
+    """A value as a message shows it: repr and TOML type, cut short."""
+    text = repr(value)
+    return f"{text[:80]}{'...' if len(text) > 80 else ''} ({type(value).__name__})"
 
 
 def resolve_dataset_spec(spec: str, base: Path, where: str = "dataset") -> str:
@@ -306,17 +338,91 @@ def resolve_dataset_spec(spec: str, base: Path, where: str = "dataset") -> str:
 
 
 DATASET_OPTION_CHECKS = {"limit", "on_bad_rows", "image_root"}
+# Options every loader takes (datasets.subset.build_dataset); each loader adds its own.
+COMMON_DATASET_OPTIONS = ("limit", "seed", "on_bad_rows", "validate", "cache_dir", "workers")
+# The type each known loader option must have; a loader option not listed is passed as given.
+_DATASET_OPTION_TYPES = {
+    "seed": "int", "workers": "count", "cache_dir": "folder", "validate": "str", "split": "str", "section": "str",
+    "one_image_per_study": "bool", "name": "str", "reports_dir": "path", "images_dir": "path", "csv": "path",
+    "split_file": "path", "metadata_file": "path", "views": "names",
+}
+
+
+def loader_options(loader: str) -> list[str]:
+    """The options a dataset loader accepts: the common ones and its own keyword parameters."""
+    import importlib
+    import inspect
+
+    from .datasets import LOADERS
+
+    target = "manifest" if loader == "phantom" else loader  # the phantom is a manifest with a fixed name
+    module_name, _, attr = LOADERS[target].partition(":")
+    function = getattr(importlib.import_module(module_name), attr)
+    own = list(inspect.signature(function).parameters.values())[1:]  # the first is the dataset path
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    names = {p.name for p in own if p.kind in keyword} | set(COMMON_DATASET_OPTIONS)
+    if loader == "phantom":
+        names.discard("name")
+    return sorted(names)
+
+
+def _check_dataset_options(settings: Settings) -> None:
+    """Every dataset option is one the configured loader takes: a typo (``limt``) would
+    otherwise reach the loader as an unexpected keyword, or be ignored."""
+    from difflib import get_close_matches
+
+    from .datasets import parse_spec
+
+    loader, _ = parse_spec(settings.dataset)
+    known = loader_options(loader)
+    for key in settings.dataset_options:
+        if key not in known:
+            where = settings.dataset_option_sources.get(key, f"dataset_options.{key}")
+            close = get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(
+                f"{where}: unknown option {key!r} for the {loader!r} dataset loader; {hint}it takes: {', '.join(known)}"
+            )
+
+
+def _dataset_option_name(where: str, key: str) -> str:
+    """How messages name dataset option ``key`` of the source ``where``."""
+    flags = {"limit": "--medrobust-limit", "on_bad_rows": "--medrobust-on-bad-rows", "image_root": "--medrobust-image-root"}
+    return flags.get(key, f"{where}.{key}") if where.startswith("--") else f"{where}.{key}"
+
+
+def _typed_option(value: Any, kind: str, name: str, base: Path | None) -> Any:
+    """A loader option of a known type, checked; a ``folder`` (the cache) made absolute against
+    ``base``, as ``cache_dir`` is (the loaders' own paths are passed as given)."""
+    if kind == "int":
+        return parse_int(value, name)
+    if kind == "count":
+        return parse_int(value, name, 1)
+    if kind == "bool":
+        return parse_bool(value, name)
+    if kind == "names" and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    if not isinstance(value, str) or (kind != "str" and not value.strip()):
+        expected = {"path": "a path", "folder": "a path", "names": "a list of names or a comma-separated string"}
+        raise ConfigError(f"{name}: expected {expected.get(kind, 'a string')}, got {_shown(value)}")
+    return str((base or Path()) / value) if kind == "folder" else value
 
 
 def _parse_dataset_options(table: Any, where: str, base: Path | None) -> dict[str, Any]:
-    """Loader options pass through to the loader, except the common ones checked here."""
+    """Loader options pass through to the loader, the known ones checked by type here (the
+    names against the loader's in :func:`validate_names`, once the dataset is known)."""
     if not isinstance(table, Mapping):
-        raise ConfigError(f"{where} must be a table")
+        raise ConfigError(f"{where} must be a table, got {_shown(table)}")
     options = dict(table)
-    flags = {"limit": "--medrobust-limit", "on_bad_rows": "--medrobust-on-bad-rows", "image_root": "--medrobust-image-root"}
 
     def name(key: str) -> str:
-        return flags[key] if where.startswith("--") else f"{where}.{key}"
+        return _dataset_option_name(where, key)
+
+    for key, kind in _DATASET_OPTION_TYPES.items():
+        if key in options:
+            options[key] = _typed_option(options[key], kind, name(key), base)
+    if "validate" in options and options["validate"] not in ("decode", "exists"):
+        raise ConfigError(f"{name('validate')}: must be decode or exists, got {options['validate']!r}")
 
     if "limit" in options:
         options["limit"] = parse_int(options["limit"], name("limit"), 1)
@@ -333,6 +439,8 @@ def _parse_dataset_options(table: Any, where: str, base: Path | None) -> dict[st
 def apply_table(settings: Settings, table: Mapping[str, Any], source: str, base: Path | None = None) -> Settings:
     """Apply one source's keys. Relative paths in it are taken against ``base`` (the folder of
     the TOML file that names them, or the invocation folder for the command line)."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{source}: the medrobust settings must be a table, got {_shown(table)}")
     unknown = set(table) - KNOWN_KEYS
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(KNOWN_KEYS))}")
@@ -359,6 +467,8 @@ def apply_table(settings: Settings, table: Mapping[str, Any], source: str, base:
     if "dataset_options" in table:
         options = _parse_dataset_options(table["dataset_options"], where("dataset_options"), base)
         changes["dataset_options"] = {**settings.dataset_options, **options}
+        names = {k: _dataset_option_name(where("dataset_options"), k) for k in options}
+        changes["dataset_option_sources"] = {**settings.dataset_option_sources, **names}
     if "levels" in table:
         changes["levels"] = parse_levels(table["levels"], where("levels"))
     if "patches" in table:
@@ -370,7 +480,7 @@ def apply_table(settings: Settings, table: Mapping[str, Any], source: str, base:
     if "device" in table:
         changes["device"] = parse_device(table["device"], where("device"))
     if "report_dir" in table:
-        changes["report_dir"] = (base or Path()) / str(table["report_dir"])
+        changes["report_dir"] = (base or Path()) / parse_path(table["report_dir"], where("report_dir"))
     if "batch_size" in table:
         changes["batch_size"] = parse_int(table["batch_size"], where("batch_size"), 1)
     if "primary_metric" in table:
@@ -380,7 +490,7 @@ def apply_table(settings: Settings, table: Mapping[str, Any], source: str, base:
     if "search" in table:
         changes["search"] = _parse_search(settings.search, table["search"], where("search"))
     if "cache_dir" in table:
-        changes["cache_dir"] = (base or Path()) / str(table["cache_dir"])
+        changes["cache_dir"] = (base or Path()) / parse_path(table["cache_dir"], where("cache_dir"))
     if "cache" in table:
         changes["cache"] = parse_bool(table["cache"], where("cache"))
     if "precision" in table:
@@ -442,7 +552,9 @@ def _parse_baseline(current: BaselineSettings, table: Any, where: str, base: Pat
     changes: dict[str, Any] = {}
     for key in ("path", "save_path"):
         if key in table:
-            changes[key] = (base or Path()) / str(table[key]) if table[key] else None
+            given = table[key]
+            name = _sub(where, "baseline", key)
+            changes[key] = (base or Path()) / parse_path(given, name) if given != "" else None
     for key in ("tolerance_abs", "tolerance_rel"):
         if key in table:
             changes[key] = None if table[key] is None else parse_fraction(table[key], _sub(where, "baseline", key), high=1e9)
@@ -469,7 +581,12 @@ def _parse_search(current: SearchSettings, table: Any, where: str) -> SearchSett
         if "enabled" not in table:  # a count switches the search on, 0 off; an explicit enabled wins
             changes["enabled"] = examples > 0
     if "profile" in table:
-        changes["profile"] = str(table["profile"])
+        from .strategies import CI_PROFILE, EXPLORE_PROFILE
+
+        profiles = (CI_PROFILE, EXPLORE_PROFILE)
+        if table["profile"] not in profiles:
+            raise ConfigError(f"{where}.profile: must be one of {', '.join(profiles)}, got {_shown(table['profile'])}")
+        changes["profile"] = table["profile"]
     return replace(current, **changes)
 
 
@@ -514,7 +631,7 @@ def validate_names(settings: Settings) -> None:
                 f"measured: {', '.join(metric_names)}"
             )
     _check_rules_match(settings)
-    _check_image_root(settings)
+    _check_dataset_options(settings)
     if settings.thresholds.gate == "lower" and settings.bootstrap.resamples == 0:
         raise ConfigError("thresholds.gate = 'lower' needs bootstrap intervals; --medrobust-bootstrap is 0")
     if settings.device.startswith("cuda"):
@@ -522,20 +639,6 @@ def validate_names(settings: Settings) -> None:
 
         if not torch.cuda.is_available():
             raise ConfigError(f"--medrobust-device {settings.device}: CUDA is not available on this machine")
-
-
-def _check_image_root(settings: Settings) -> None:
-    """``image_root`` means something to manifests only; elsewhere it would be ignored or crash."""
-    if "image_root" not in settings.dataset_options:
-        return
-    from .datasets import parse_spec
-
-    loader, _ = parse_spec(settings.dataset)
-    if loader != "manifest":
-        raise ConfigError(
-            f"--medrobust-image-root / dataset_options.image_root applies to manifest datasets only, "
-            f"not to the {loader!r} loader (it finds its images under its own path)"
-        )
 
 
 def _check_rules_match(settings: Settings) -> None:
@@ -580,7 +683,36 @@ def settings_from_pytest(config: pytest.Config) -> Settings:
         settings = replace(settings, report_dir=home / settings.report_dir)
     if not hasattr(config, "workerinput"):
         _check_writable(settings.report_dir)
+        if settings.cache:
+            _check_folder(settings.cache_dir, "cache_dir (--medrobust-cache-dir)")
+        if settings.baseline.save_path is not None:
+            _check_file_target(settings.baseline.save_path, "baseline.save_path (--medrobust-save-baseline)")
     return settings
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` itself, or its nearest ancestor that exists."""
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def _check_folder(path: Path, name: str) -> None:
+    """``path`` is, or can be made, a folder: neither it nor an ancestor is a file."""
+    found = _nearest_existing(path)
+    if not found.is_dir():
+        what = f"{path} is a file" if found == path else f"{found}, on the path {path}, is a file"
+        raise ConfigError(f"{name}: {what}, not a folder")
+
+
+def _check_file_target(path: Path, name: str) -> None:
+    """A file can be written at ``path`` (checked before the grid runs, not after it)."""
+    if path.is_dir():
+        raise ConfigError(f"{name}: {path} is a folder; give a file path, such as {path / 'baseline.json'}")
+    _check_folder(path.parent, name)
+    found = _nearest_existing(path.parent)
+    if not os.access(found, os.W_OK | os.X_OK):
+        raise ConfigError(f"{name}: cannot write {path}: {found} is not writable")
 
 
 def _project_dir(config: pytest.Config) -> Path:

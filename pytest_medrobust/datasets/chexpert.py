@@ -42,7 +42,7 @@ from typing import Any
 from ..errors import ConfigError, DatasetError
 from .base import Dataset, resolve_inside
 from .reports import normalise_whitespace
-from .subset import Row, build_dataset
+from .subset import Row, build_dataset, csv_field_limit, oversized_field
 
 CLASSES = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 
@@ -139,7 +139,7 @@ def load_chexpert5x200(
         raise DatasetError(f"CheXpert image root {root} does not exist")
     root = root.resolve()
     try:
-        with open(csv_path, encoding="utf-8-sig", newline="") as f:
+        with open(csv_path, encoding="utf-8-sig", newline="") as f, csv_field_limit():
             reader = _csv_module.DictReader(f)
             columns = list(reader.fieldnames or [])
             lines = [(reader.line_num, row) for row in reader]
@@ -160,6 +160,10 @@ def load_chexpert5x200(
     counts = dict.fromkeys(CLASSES, 0)
     for line, row in lines:
         where = f"{csv_path.name}, line {line}"
+        too_long = oversized_field(row)
+        if too_long:  # not parsed further: the field may be the path
+            rows.append(Row(f"line{line}", where, None, "", too_long))
+            continue
         relative = (row.get(path_column) or "").strip()
         cls, problem = _class_of(row, label_column)
         image: Path | None = None
@@ -170,6 +174,8 @@ def load_chexpert5x200(
                 image = resolve_inside(root, rest, where)
         except DatasetError as exc:
             problem = problem or str(exc).removeprefix(f"{where}: ")
+        except (RuntimeError, OSError) as exc:  # resolve(): "Symlink loop from ..." (RuntimeError before 3.13)
+            image, problem = None, problem or f"cannot resolve image path {relative!r}: {exc}"
         if cls is not None:
             counts[cls] += 1
         rows.append(Row(relative or f"line{line}", where, image, texts[cls] if cls else "", problem))

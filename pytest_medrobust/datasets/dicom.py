@@ -119,6 +119,21 @@ def _check_decoder(name: str, ds: Any) -> None:
     )
 
 
+def _check_size(name: str, ds: Any) -> None:
+    """Refuse a pixel array larger than ``subset.MAX_IMAGE_PIXELS`` by its header, before
+    ``pixel_array`` allocates it (compressed data can claim far more pixels than its bytes)."""
+    from .subset import check_pixels
+
+    try:
+        rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(f"{name}: Rows/Columns are not numbers ({exc})") from exc
+    try:
+        check_pixels(columns, rows)
+    except DatasetError as exc:
+        raise DatasetError(f"{name}: {exc}") from None
+
+
 def _to_uint8(ds: Any, arr: np.ndarray) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
@@ -183,6 +198,7 @@ def read_dicom(source: Path | str | BinaryIO, *, name: str | None = None) -> Ima
             f"{name}: multi-frame DICOM ({frames} frames) is not supported; "
             "export the one frame to use as a single-frame file"
         )
+    _check_size(name, ds)
     _ensure_transfer_syntax(pydicom, ds)
     _check_decoder(name, ds)
     try:

@@ -10,7 +10,9 @@ split is requested). Report whitespace is normalised (runs of spaces and newline
 space, ends stripped): that is the text the models see and the results JSON records. Images may
 be PNG, JPEG or DICOM (``.dcm``). Every row is checked before any model runs (see
 :mod:`pytest_medrobust.datasets.subset` for ``limit``, ``seed``, ``on_bad_rows`` and
-``validate``); a missing image is reported with the path it was looked for at.
+``validate``); a missing image is reported with the path it was looked for at. A field of more
+than 131,072 characters (``subset.MAX_FIELD_CHARS``; CSV or JSONL) makes its row bad, under the
+same policy.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 from ..errors import DatasetError
 from .base import Dataset, join_image_path
 from .reports import normalise_whitespace
-from .subset import Row, build_dataset
+from .subset import Row, build_dataset, csv_field_limit, oversized_field
 
 REQUIRED_COLUMNS = ("image", "report")
 ROOT_COLUMN = "image_root"
@@ -59,8 +61,12 @@ def _read_rows(path: Path) -> tuple[list[str], list[tuple[str, dict]]]:
         reader = csv.DictReader(text.splitlines(keepends=True))
         # Data rows start on line 2; a quoted report may span several lines, so use the reader's count.
         rows = []
-        for row in reader:
-            rows.append((f"{path.name}, line {reader.line_num}", row))
+        try:
+            with csv_field_limit():  # an over-long field is a bad row (load_manifest), not a csv.Error
+                for row in reader:
+                    rows.append((f"{path.name}, line {reader.line_num}", row))
+        except csv.Error as exc:
+            raise DatasetError(f"{path}, line {reader.line_num}: not valid CSV ({exc})") from exc
         return list(reader.fieldnames or []), rows
     raise DatasetError(f"{path}: a manifest must be .csv or .jsonl, got {suffix or 'no suffix'!r}")
 
@@ -97,6 +103,10 @@ def load_manifest(
         raise DatasetError(f"{path}: no rows" + (f" in split {split!r}" if split else ""))
     candidates: list[Row] = []
     for where, row in rows:
+        too_long = oversized_field(row)
+        if too_long:  # not parsed further: the field may be the id or the image path
+            candidates.append(Row(f"<{where}>", where, None, "", too_long))
+            continue
         image = str(row.get("image") or "").strip()
         report = normalise_report(row.get("report") or "")
         rid = str(row.get("id") or image).strip()

@@ -44,7 +44,7 @@ from typing import Any
 from ..errors import ConfigError, DatasetError
 from .base import Dataset
 from .reports import check_section, free_text_section
-from .subset import Row, RowProblem, build_dataset
+from .subset import Row, RowProblem, build_dataset, csv_field_limit, oversized_field
 
 SPLIT_FILE = "mimic-cxr-2.0.0-split.csv.gz"
 METADATA_FILE = "mimic-cxr-2.0.0-metadata.csv.gz"
@@ -66,7 +66,7 @@ def read_csv_rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, 
     """``(line number, row)`` of a ``.csv`` or ``.csv.gz`` file, checking its columns first."""
     opener: Callable[..., Any] = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt", encoding="utf-8", newline="") as f:
+        with opener(path, "rt", encoding="utf-8", newline="") as f, csv_field_limit():
             reader = csv.DictReader(f)
             columns = reader.fieldnames or []
             missing = [c for c in required if c not in columns]
@@ -174,14 +174,19 @@ def load_mimic_cxr(
             view_of[row["dicom_id"].strip()] = (row["ViewPosition"] or "").strip().upper()
 
     entries: list[tuple[int, str, str, str]] = []  # (line, dicom_id, study_id, subject_id)
+    too_long: list[Row] = []  # split rows with an over-long field: bad rows, whatever their split
     seen_splits: set[str] = set()
     for line, row in read_csv_rows(split_path, SPLIT_COLUMNS):
+        problem = oversized_field(row)
+        if problem:
+            too_long.append(Row(f"line{line}", f"{split_path.name}, line {line}", None, "", problem))
+            continue
         row_split = (row["split"] or "").strip()
         seen_splits.add(row_split)
         if wanted is not None and row_split != wanted:
             continue
         entries.append((line, row["dicom_id"].strip(), row["study_id"].strip(), row["subject_id"].strip()))
-    if not entries:
+    if not entries and not too_long:
         raise DatasetError(
             f"{split_path}: no rows in split {split!r} (splits present: {', '.join(sorted(seen_splits)) or 'none'})"
         )
@@ -225,7 +230,7 @@ def load_mimic_cxr(
 
         return read
 
-    rows: list[Row] = []
+    rows: list[Row] = list(too_long)
     for line, dicom_id, study_id, subject_id in entries:
         where = f"{split_path.name}, line {line} (dicom_id {dicom_id}, study s{study_id})"
         problem = None

@@ -86,11 +86,12 @@ def load_openi(
     if not root.is_dir():
         raise DatasetError(f"OpenI root {root} does not exist or is not a folder")
     check_section(section)
-    images = (Path(images_dir) if images_dir else root / "NLMCXR_png").resolve()
-    reports = (Path(reports_dir) if reports_dir else root / "ecgen-radiology").resolve()
+    images = Path(images_dir) if images_dir else root / "NLMCXR_png"
+    reports = Path(reports_dir) if reports_dir else root / "ecgen-radiology"
     for what, folder, archive in (("image", images, "NLMCXR_png.tgz"), ("report", reports, "NLMCXR_reports.tgz")):
-        if not folder.is_dir():
+        if not folder.is_dir():  # checked before resolve(), which raises on a symlink loop
             raise DatasetError(f"OpenI {what} folder {folder} does not exist (extract {archive} into {root})")
+    images, reports = images.resolve(), reports.resolve()
     xml_files = sorted(reports.glob("*.xml"), key=_study_sort_key)
     if not xml_files:
         raise DatasetError(f"OpenI report folder {reports} has no .xml files")

@@ -32,14 +32,29 @@ applies the options every loader shares:
     Folder for the per-file hash cache and the decoded-image cache.
 ``workers`` (int or None)
     Threads for reading and checking rows (default: up to 8).
+
+Limits that make a row bad (under the same policy) instead of exhausting memory or stopping
+the run with a traceback:
+
+* an image of more than :data:`MAX_IMAGE_PIXELS` pixels (89,478,485, Pillow's own default
+  limit, fixed here so that a process that raised or removed Pillow's limit does not remove
+  this one): a decompression bomb, e.g. a 400 KB PNG that claims 20,000 x 20,000 pixels. The
+  size is read from the header, before any pixel is decoded;
+* a manifest field of more than :data:`MAX_FIELD_CHARS` characters (131,072, the csv module's
+  own default limit);
+* an image path that cannot be looked at (a symlink loop, a name too long for the file system).
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import errno
 import hashlib
 import io
 import os
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +68,10 @@ from .base import Dataset, Record, file_sha256, raise_problems
 ON_BAD_ROWS = ("error", "drop")
 VALIDATE = ("decode", "exists")
 CACHE_ENV = "MEDROBUST_CACHE_DIR"
+# Pillow's default MAX_IMAGE_PIXELS (1024 * 1024 * 1024 // 4 // 3); a chest X-ray has ~10-20 M.
+MAX_IMAGE_PIXELS = 89_478_485
+# The csv module's default field_size_limit: no report or path comes near it.
+MAX_FIELD_CHARS = 131_072
 
 
 class RowProblem(Exception):
@@ -100,22 +119,78 @@ def resolve_cache_dir(cache_dir: str | Path | None) -> Path | None:
     return Path(cache_dir) if cache_dir is not None else None
 
 
+@contextlib.contextmanager
+def csv_field_limit() -> Iterator[None]:
+    """Let the csv module read fields of any length while the block runs.
+
+    Its default limit raises ``csv.Error`` mid-file, which loses every later row; read in full,
+    an over-long field is a bad row (:func:`oversized_field`) under the bad-row policy. The limit
+    is process-wide, so it is restored afterwards (loaders read their CSVs in one thread)."""
+    previous = csv.field_size_limit()
+    csv.field_size_limit(max(previous, 2**31 - 1))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
+def oversized_field(row: Mapping[Any, Any]) -> str | None:
+    """The problem of a row with a field over :data:`MAX_FIELD_CHARS` characters, naming it."""
+    for column, value in row.items():
+        for item in value if isinstance(value, list) else [value]:  # DictReader's extra fields: a list
+            if isinstance(item, str) and len(item) > MAX_FIELD_CHARS:
+                name = "an unnamed extra column" if column is None else f"column {column!r}"
+                return f"{name} holds {len(item):,} characters, over the limit of {MAX_FIELD_CHARS:,}"
+    return None
+
+
+def check_pixels(width: int, height: int) -> None:
+    """Refuse an image larger than :data:`MAX_IMAGE_PIXELS` (a decompression bomb) by its header."""
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DatasetError(
+            f"{width} x {height} = {width * height:,} pixels, over the limit of {MAX_IMAGE_PIXELS:,} "
+            "(a decompression bomb?)"
+        )
+
+
 def check_decodes(path: Path, data: bytes) -> None:
     """Fully decode an image from its bytes, as :func:`read_image` would; raise if it cannot be.
 
-    JPEGs are decoded at a reduced DCT scale (PIL ``draft``): every byte of the entropy-coded
-    data is still read and checked, so truncated and damaged files still fail, at a fraction of
-    the cost of a full-size decode.
+    The pixel count is checked from the header first (:func:`check_pixels`). JPEGs are decoded
+    at a reduced DCT scale (PIL ``draft``): every byte of the entropy-coded data is still read
+    and checked, so truncated and damaged files still fail, at a fraction of the cost of a
+    full-size decode.
     """
     if path.suffix.lower() in (".dcm", ".dicom"):
         from .dicom import read_dicom
 
         read_dicom(io.BytesIO(data), name=str(path))
         return
-    with Image.open(io.BytesIO(data)) as im:
-        if im.format == "JPEG":
-            im.draft("L", (max(1, im.width // 8), max(1, im.height // 8)))
-        im.load()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            check_pixels(im.width, im.height)
+            if im.format == "JPEG":
+                im.draft("L", (max(1, im.width // 8), max(1, im.height // 8)))
+            im.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's own check fires in open(), before the size is known here: past twice its
+        # limit, or past it under -W error.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)):,} pixels" if found else f"too many pixels ({exc})"
+        raise DatasetError(f"{size}, over the limit of {MAX_IMAGE_PIXELS:,} (a decompression bomb?)") from exc
+
+
+def _missing_image(image: Path) -> str:
+    """Why ``image`` is not a file it can read, for the bad-row list."""
+    try:
+        image.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"image path {image} is a symlink loop"
+        if exc.errno == errno.ENAMETOOLONG:
+            return f"image path {str(image)[:200]}... is too long for the file system"
+        return f"image not found: {image}"
+    return f"image {image} is not a file"
 
 
 def _checker(validate: str) -> Callable[[Row], Record | tuple[str, str]]:
@@ -132,8 +207,12 @@ def _checker(validate: str) -> Callable[[Row], Record | tuple[str, str]]:
             return row.where, "empty report"
         if row.image is None:
             return row.where, "no image path"
-        if not row.image.is_file():
-            return row.where, f"image not found: {row.image}"
+        try:
+            is_file = row.image.is_file()
+        except OSError:  # is_file() passes on some errors (ENAMETOOLONG); _missing_image names them
+            is_file = False
+        if not is_file:
+            return row.where, _missing_image(row.image)
         if validate == "decode":
             try:
                 data = row.image.read_bytes()

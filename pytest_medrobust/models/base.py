@@ -24,6 +24,8 @@ from torch.nn import functional as F
 class AdapterBase(nn.Module):
     """Name, batch size, device, card and the ``encode_images`` template of an adapter."""
 
+    _anchor: torch.Tensor  # a registered buffer (nn.Module's __getattr__ is typed Tensor | Module)
+
     def __init__(self, *, name: str, batch_size: int):
         super().__init__()
         self.name = name
@@ -70,6 +72,9 @@ class AdapterBase(nn.Module):
 
 class MeanStdAdapter(AdapterBase):
     """An adapter whose pixels are normalised per channel with a mean and std on the 0-1 scale."""
+
+    mean: torch.Tensor  # registered buffers, set by _set_normalisation
+    std: torch.Tensor
 
     def _set_normalisation(self, mean: Sequence[float], std: Sequence[float]) -> None:
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)

@@ -34,7 +34,7 @@ truncates before adding end-of-text, the same ids). Embeddings are L2-normalised
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -43,6 +43,10 @@ from torch import nn
 from ..errors import ModelLoadError
 from . import hub
 from .base import MeanStdAdapter, apply_steps
+
+if TYPE_CHECKING:
+    from open_clip.model import CLIP
+    from transformers import CLIPModel
 
 _NO_WEIGHTS = {"", "none", "random"}
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -54,7 +58,7 @@ def _is_geometric(t: Any) -> bool:
     return name in {"Resize", "CenterCrop", "ResizeKeepRatio", "CenterCropOrPad", "RandomResizedCrop"}
 
 
-def _bind_prepare(adapter: nn.Module, signature: str) -> None:
+def _bind_prepare(adapter: OpenClipAdapter | HFClipAdapter, signature: str) -> None:
     """Expose ``adapter.prepare_image`` as a function whose ``__qualname__`` carries the geometry.
 
     The harness caches decoded pixels per (input size, geometry, ``prepare_image.__qualname__``);
@@ -71,6 +75,8 @@ def _bind_prepare(adapter: nn.Module, signature: str) -> None:
 
 class OpenClipAdapter(MeanStdAdapter):
     """An open_clip CLIP model behind the medrobust model contract."""
+
+    model: CLIP  # declared: nn.Module's __getattr__ would type it Tensor | Module
 
     def __init__(
         self,
@@ -140,8 +146,10 @@ class OpenClipAdapter(MeanStdAdapter):
 class HFClipAdapter(MeanStdAdapter):
     """A transformers ``CLIPModel`` directory behind the medrobust model contract."""
 
+    model: CLIPModel  # declared: nn.Module's __getattr__ would type it Tensor | Module
+
     def __init__(
-        self, model: nn.Module, tokenizer: Any, processor: Any, *, name: str, card: dict[str, Any], batch_size: int = 64
+        self, model: CLIPModel, tokenizer: Any, processor: Any, *, name: str, card: dict[str, Any], batch_size: int = 64
     ):
         super().__init__(name=name, batch_size=batch_size)
         self.model = model.eval()
@@ -161,11 +169,15 @@ class HFClipAdapter(MeanStdAdapter):
         if abs(scale * 255.0 - 1.0) > 1e-9:
             raise ModelLoadError(f"{name}: image processor rescale_factor {scale} is not 1/255; unsupported")
         self._set_normalisation(mean, std)
-        text_cfg = model.config.text_config
+        from transformers import CLIPTextConfig
+
+        text_cfg, projection_dim = model.config.text_config, model.config.projection_dim
+        if not isinstance(text_cfg, CLIPTextConfig) or projection_dim is None:  # CLIPConfig fills both in __init__
+            raise ModelLoadError(f"{name}: the CLIPModel's config has no text_config or projection_dim")
         self.max_length = int(min(getattr(tokenizer, "model_max_length", 77) or 77, text_cfg.max_position_embeddings))
         self._card = {
             **card,
-            "embedding_dim": int(model.config.projection_dim),
+            "embedding_dim": int(projection_dim),
             "input_size": list(self.input_size),
             "geometry": self.geometry,
             "image_processor": type(processor).__name__,
@@ -396,12 +408,19 @@ def _load_hf_dir(
 def _image_processor(d: Path, name: str) -> Any:
     """The directory's CLIP image processor on the PIL backend (what OpenAI CLIP used), when the
     installed transformers has one; else its default."""
+    from transformers.image_processing_utils import BaseImageProcessor
+
+    proc: type[BaseImageProcessor]
     try:
-        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil as Proc
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+        proc = CLIPImageProcessorPil
     except ImportError:
-        from transformers import CLIPImageProcessor as Proc
+        from transformers import CLIPImageProcessor
+
+        proc = CLIPImageProcessor
     try:
-        return Proc.from_pretrained(str(d), local_files_only=True)
+        return proc.from_pretrained(str(d), local_files_only=True)
     except Exception as exc:
         raise ModelLoadError(f"{name}: cannot load the image processor config from hf_dir={str(d)!r}: {exc}") from exc
 
@@ -419,6 +438,8 @@ def load_clip(
     name: str = "clip",
 ) -> nn.Module:
     """Factory for ``clip`` (see the module docstring for the options)."""
+    trust_pickle = bool(hub.bool_option(name, "trust_pickle", trust_pickle))
+    quick_gelu = hub.bool_option(name, "quick_gelu", quick_gelu, allow_none=True)
     if hf_dir:
         return _load_hf_dir(device=device, hf_dir=str(hf_dir), name=name, batch_size=batch_size)
     return _load_open_clip(
@@ -427,7 +448,7 @@ def load_clip(
         pretrained=pretrained,
         quick_gelu=quick_gelu,
         cache_dir=cache_dir,
-        trust_pickle=bool(trust_pickle),
+        trust_pickle=trust_pickle,
         name=name,
         batch_size=batch_size,
     )

@@ -156,7 +156,8 @@ class CXRClip(MeanStdAdapter):
         mean, std = (HF_MEAN, HF_STD) if variant == "swin" else (IMAGENET_MEAN, IMAGENET_STD)
         self._set_normalisation(mean, std)
         proj = getattr(net, "text_projection", None)
-        dim = proj.projection.out_features if proj is not None else net.text_encoder.text_encoder.config.hidden_size
+        bert: Any = net.text_encoder.text_encoder  # a transformers BertModel: its config is untyped
+        dim = proj.projection.out_features if proj is not None else bert.config.hidden_size
         self._card = {
             **card,
             "adapter": "cxr-clip",
@@ -264,6 +265,7 @@ def load_cxr_clip(
     name: str = "cxr-clip",
 ) -> CXRClip:
     """Factory for ``cxr-clip`` (see the module docstring for the options)."""
+    hub.bool_option(name, "trust_pickle", trust_pickle)
     path = hub.require_file(name, checkpoint, "checkpoint", _HOW)
     if variant is not None and variant not in VARIANTS:
         raise ModelLoadError(f"{name}: variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
@@ -300,6 +302,7 @@ def load_cxr_clip(
     )
     text = _TextEncoder(hub.build_bert(config_bert, state, "text_encoder.text_encoder.", hidden_states=False))
 
+    image: nn.Module
     if variant == "swin":
         from transformers import SwinConfig, SwinModel
 
@@ -326,6 +329,8 @@ def load_cxr_clip(
         vision_source = "torchvision resnet50"
 
     head_cfg = _get(model_cfg, "projection_head")
+    image_proj: nn.Module | None
+    text_proj: nn.Module | None
     if head_cfg is not None:
         image_proj = _projection(head_cfg, image_dim, state, "image_projection", name)
         text_proj = _projection(head_cfg, int(config_bert.hidden_size), state, "text_projection", name)

@@ -36,16 +36,18 @@ option), not of this adapter. Embeddings are L2-normalised.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
-from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ModelLoadError
 from . import hub
 from .base import AdapterBase
+
+if TYPE_CHECKING:
+    from open_clip.model import CLIP
 
 MIMIC_MEAN, MIMIC_STD = 101.48761, 83.43944
 CHEXPERT_MEAN, CHEXPERT_STD = 129.4185, 73.3378
@@ -57,7 +59,7 @@ _HOW = (
 )
 
 
-def build_openai_layout_clip(state: dict[str, torch.Tensor], *, model: str, source: Any) -> nn.Module:
+def build_openai_layout_clip(state: dict[str, torch.Tensor], *, model: str, source: Any) -> CLIP:
     """An open_clip ``CLIP`` (QuickGELU, float32) sized from an OpenAI-layout ViT state dict."""
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
@@ -93,7 +95,9 @@ def build_openai_layout_clip(state: dict[str, torch.Tensor], *, model: str, sour
 
 
 class CXRRePaiR(AdapterBase):
-    def __init__(self, net: nn.Module, tokenizer: Any, *, pipeline: str, name: str, card: dict[str, Any], batch_size: int):
+    net: CLIP  # declared: nn.Module's __getattr__ would type it Tensor | Module
+
+    def __init__(self, net: CLIP, tokenizer: Any, *, pipeline: str, name: str, card: dict[str, Any], batch_size: int):
         super().__init__(name=name, batch_size=batch_size)
         self.net = net
         self.tokenizer = tokenizer
@@ -132,10 +136,10 @@ class CXRRePaiR(AdapterBase):
         image = image.convert("L")
         if self.pipeline == "chexpert":
             h, w = self.input_size
-            return image.resize((w, h), Image.BICUBIC)
+            return image.resize((w, h), Image.Resampling.BICUBIC)
         ratio = float(CANVAS) / max(image.size)
-        new_size = tuple(int(s * ratio) for s in image.size)
-        resized = image.resize(new_size, Image.LANCZOS)
+        new_size = (int(image.size[0] * ratio), int(image.size[1] * ratio))
+        resized = image.resize(new_size, Image.Resampling.LANCZOS)
         canvas = Image.new("L", (CANVAS, CANVAS))
         canvas.paste(resized, ((CANVAS - new_size[0]) // 2, (CANVAS - new_size[1]) // 2))
         return canvas
@@ -173,6 +177,7 @@ def load_cxr_repair(
     name: str = "cxr-repair",
 ) -> CXRRePaiR:
     """Factory for ``cxr-repair``: ``checkpoint=`` the RePaiR ``.pt`` (or ``.safetensors``) file."""
+    hub.bool_option(name, "trust_pickle", trust_pickle)
     from open_clip.tokenizer import SimpleTokenizer
 
     if pipeline not in ("mimic", "chexpert"):

@@ -49,6 +49,7 @@ def hashed_ngrams(text: str, buckets: int) -> list[int]:
 
 class DemoDualEncoder(nn.Module):
     geometry = "pad"
+    _card: dict[str, Any]  # set by load_demo; card() falls back to {} without it
 
     def __init__(self, config: DemoConfig = DemoConfig(), name: str = "demo"):
         super().__init__()
@@ -82,7 +83,8 @@ class DemoDualEncoder(nn.Module):
         return self.image_proj(self.image_pool(z).flatten(1))
 
     def text_features(self, texts: list[str]) -> torch.Tensor:
-        ids, offsets = [], []
+        ids: list[int] = []
+        offsets: list[int] = []
         for t in texts:
             offsets.append(len(ids))
             ids.extend(hashed_ngrams(t, self.config.hash_buckets))
@@ -116,7 +118,8 @@ def load_demo(weights: str | Path, *, name: str, device: torch.device | str = "c
                 f"{name}: {p} is missing; regenerate the demo models with `python scripts/train_demo_models.py`"
             )
     card = json.loads(card_path.read_text())
-    config = DemoConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in card["config"].items()})
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in card["config"].items()}
+    config = DemoConfig(**fields)
     model = DemoDualEncoder(config, name=name)
     state = load_file(str(weights), device="cpu")
     model.load_state_dict(state, strict=True)

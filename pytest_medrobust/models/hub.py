@@ -51,6 +51,19 @@ def sha256_file(path: PathLike) -> str:
     return _HASHES[key]
 
 
+def bool_option(model: str, option: str, value: Any, *, allow_none: bool = False) -> bool | None:
+    """``value`` if it is a real boolean (or None when ``allow_none``), else a ModelLoadError.
+
+    Strings are refused rather than interpreted: ``trust_pickle = "false"`` is truthy in Python,
+    and reading it as true would unpickle (run code from) a file the user meant to refuse."""
+    if isinstance(value, bool) or (allow_none and value is None):
+        return value
+    allowed = "true, false or left out" if allow_none else "true or false"
+    raise ModelLoadError(
+        f"{model}: option {option} must be a boolean ({allowed}), got {value!r} ({type(value).__name__})"
+    )
+
+
 def require_file(model: str, path: PathLike | None, option: str, how: str) -> Path:
     """``path`` as an existing file, or a ModelLoadError saying which option to set and how."""
     if path is None or str(path) == "":
@@ -214,6 +227,7 @@ def load_checkpoint_file(path: PathLike, *, model: str, trust_pickle: bool = Fal
     needs more (custom classes, numpy objects) is refused, naming the global refused, unless
     ``trust_pickle=True``.
     """
+    bool_option(model, "trust_pickle", trust_pickle)  # a caller's string must never read as "trust"
     p = Path(path)
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file

@@ -72,7 +72,9 @@ _HOW = (
 class _Tower(nn.Module):
     """``<tower>.model`` plus an optional ``<tower>.projection_head``, MedCLIP's module names."""
 
-    def __init__(self, model: nn.Module, projection_head: nn.Module | None):
+    projection_head: nn.Linear  # set only when the tower has one (MedCLIP's ResNet50 vision tower has none)
+
+    def __init__(self, model: nn.Module, projection_head: nn.Linear | None):
         super().__init__()
         self.model = model
         if projection_head is not None:
@@ -133,7 +135,7 @@ class MedCLIP(AdapterBase):
         side = max(IMG_SIZE, w, h)
         canvas = Image.new("L", (side, side), 0)
         canvas.paste(image, (int((side - w) / 2), int((side - h) / 2)))
-        resized = canvas.resize((IMG_SIZE, IMG_SIZE), Image.BICUBIC)
+        resized = canvas.resize((IMG_SIZE, IMG_SIZE), Image.Resampling.BICUBIC)
         return resized  # the centre crop to 224 of a 224 x 224 image changes nothing
 
     def pixel_values(self, x: torch.Tensor) -> torch.Tensor:
@@ -179,6 +181,7 @@ def load_medclip(
     name: str = "medclip",
 ) -> MedCLIP:
     """Factory for ``medclip`` (see the module docstring for the options)."""
+    hub.bool_option(name, "trust_pickle", trust_pickle)
     path = _checkpoint_path(checkpoint, name)
     obj = hub.load_checkpoint_file(path, model=name, trust_pickle=trust_pickle)
     state = hub.strip_prefix(hub.as_state_dict(obj, model=name, source=path))

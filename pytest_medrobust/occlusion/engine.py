@@ -5,14 +5,14 @@ from __future__ import annotations
 import hashlib
 import inspect
 import numbers
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from ..errors import OcclusionError
-from .geometry import Bitmap, MaskSpec, check_level, render_masks, target_area
+from .geometry import Bitmap, Box, MaskSpec, check_level, render_masks, target_area
 from .patches import PatchType
 from .registry import make_patch
 
@@ -36,7 +36,8 @@ def _checked(spec: Any, patch: PatchType, level: float, height: int, width: int)
         raise OcclusionError(f"patch {name!r} returned {type(spec).__name__}, not a MaskSpec or a boolean H x W mask")
     if (spec.height, spec.width) != (height, width):
         raise OcclusionError(f"patch {name!r} returned a {spec.height}x{spec.width} mask for a {height}x{width} image")
-    for p in (*spec.boxes, *spec.bitmaps):
+    parts: tuple[Box | Bitmap, ...] = (*spec.boxes, *spec.bitmaps)
+    for p in parts:
         if p.height < 0 or p.width < 0 or p.top < 0 or p.left < 0 or p.top + p.height > height or p.left + p.width > width:
             raise OcclusionError(f"patch {name!r} placed {p} outside the {height}x{width} image")
         if isinstance(p, Bitmap) and len(p.bits) != (p.height * p.width + 7) // 8:
@@ -149,7 +150,10 @@ def apply_masks(
         out = target.clone(memory_format=torch.contiguous_format)
     seeds = fill_seeds(ids, patch.name, level, seed)
     try:
-        result = patch.fill(out, masks, seeds, stats=stats) if _accepts_stats(patch.fill) else patch.fill(out, masks, seeds)
+        if _accepts_stats(patch.fill):  # the protocol's fill has no ``stats``; this one was checked to take it
+            result = cast(Callable[..., torch.Tensor], patch.fill)(out, masks, seeds, stats=stats)
+        else:
+            result = patch.fill(out, masks, seeds)
     except OcclusionError:
         raise
     except Exception as exc:

@@ -104,7 +104,7 @@ def test_real_sample_complete_studies_load_and_partial_ones_are_named(real_data,
         "CXR1900_IM-0584-2001",
     }
     assert complete <= set(ds.ids) and len(ds.records) == 9
-    by_id = dict(zip(ds.ids, ds.reports))
+    by_id = dict(zip(ds.ids, ds.reports, strict=True))
     assert by_id["CXR54_IM-2145-1001"].startswith("The lungs are clear bilaterally.")
     assert by_id["CXR54_IM-2145-1002"].endswith("No acute cardiopulmonary abnormality.")
     # Study 3 has an empty FINDINGS: with section="findings" its present image is dropped too.
