@@ -23,10 +23,8 @@ import contextlib
 import hashlib
 import inspect
 import json
-import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -130,22 +128,15 @@ class EmbeddingCache:
         return value.clone(), None
 
     def _write(self, path: Path, key: str, value: torch.Tensor, fields: Mapping[str, Any]) -> None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            stored = value.detach().float().cpu().contiguous()
-            metadata = {
-                "key": key,
-                "sha256": entry_checksum(key, stored),
-                "fields": json.dumps(fields, sort_keys=True, default=str),
-            }
-            save_file({"embeddings": stored}, tmp, metadata=metadata)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        stored = value.detach().float().cpu().contiguous()
+        metadata = {
+            "key": key,
+            "sha256": entry_checksum(key, stored),
+            "fields": json.dumps(fields, sort_keys=True, default=str),
+        }
+        atomic_write(path, save({"embeddings": stored}, metadata=metadata))
 
     @contextlib.contextmanager
     def _lock(self, path: Path) -> Iterator[None]:

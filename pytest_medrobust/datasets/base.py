@@ -5,15 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from ..errors import DatasetError
+from ..files import atomic_write
 
 # How many bad rows one error message lists before it says "... and N more".
 MAX_LISTED_PROBLEMS = 20
@@ -178,24 +178,6 @@ def _read_hash_cache(file: Path) -> dict[str, list]:
     return data if isinstance(data, dict) else {}
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """Create ``path`` atomically: ``write(file)`` into a temp file in the same folder, then
-    ``os.replace`` it into place (readers see the old file or the whole new one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda f: f.write(data))
-
-
 def file_digests(paths: list[Path], cache_dir: Path | None = None, source: Path | None = None) -> list[str]:
     """sha256 hex digests of ``paths`` (threaded), through the per-file cache."""
     cache_file = _hash_cache_file(cache_dir, source or Path(".")) if cache_dir is not None else None
@@ -221,7 +203,7 @@ def file_digests(paths: list[Path], cache_dir: Path | None = None, source: Path 
         merged = _read_hash_cache(cache_file)
         merged.update({str(p): [*_FILE_HASHES[str(p)][0], _FILE_HASHES[str(p)][1]] for p in paths})
         try:
-            atomic_write_bytes(cache_file, json.dumps(merged).encode())
+            atomic_write(cache_file, json.dumps(merged))
         except OSError:
             pass  # a read-only cache folder only costs re-hashing next run
     return digests
