@@ -50,9 +50,7 @@ def run_grid(settings: Settings, cells: list[Cell]) -> float:
     for cell in cells:
         runner.prepare(cell.model)
         m = runner.measure(cell.model, cell.patch, cell.level)
-        clean = runner.clean(cell.model).metrics if cell.level > 0 else None
-        chance = runner.chance(list(m.metrics))
-        settings.thresholds.evaluate(cell.id, cell.model, cell.patch, cell.level, m.metrics, clean, runner.intervals(m), chance)
+        runner.verdict(cell, m)  # thresholds on the point estimate and bootstrap, as the items judge
     return time.perf_counter() - started
 
 
