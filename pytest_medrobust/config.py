@@ -104,6 +104,7 @@ class Settings:
     cache: bool = True
     precision: str = "auto"  # auto: fp32 everywhere; bf16 / fp16 autocast are opt-in
     shard: tuple[int, int] | None = None  # (index, count), 1-based index
+    config_file: Path | None = None  # the --medrobust-config file read, absolute (for replays)
 
     @property
     def model_names(self) -> list[str]:
@@ -600,6 +601,7 @@ def build_settings(pyproject: Path, config_file: str | None, cli: Mapping[str, A
     if config_file:
         path = invocation_dir / config_file
         settings = apply_table(settings, read_toml_table(path, required=True), str(config_file), path.parent)
+        settings = replace(settings, config_file=path.resolve())
     if cli:
         settings = apply_table(settings, cli, "command line", invocation_dir)
     return settings

@@ -14,18 +14,24 @@ Flaky error. Evaluations are memoised by policy, so shrinking re-visits cost not
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .cells import level_key
 from .gate import lower_is_better
 
 if TYPE_CHECKING:
+
     from .cells import Cell
+    from .config import Settings
     from .gate import Verdict
     from .occlusion import PlacementPolicy
     from .runner import GridRunner, Measurement
@@ -59,6 +65,7 @@ class SearchOutcome:
 
 def search_worst_placement(runner: GridRunner, cell: Cell) -> SearchOutcome:
     from hypothesis import given, target
+    from hypothesis import seed as hypothesis_seed
 
     from . import occlusion
     from .strategies import cell_settings, placement_policies
@@ -95,36 +102,89 @@ def search_worst_placement(runner: GridRunner, cell: Cell) -> SearchOutcome:
             state["failure"] = (policy, measurement, verdict)
             raise PlacementFailure("\n".join(verdict.failures))
 
-    run = cell_settings(settings.search.profile, settings.search.max_examples)(search)
+    profile = cell_settings(settings.search.profile, settings.search.max_examples)
+    if profile.derandomize:
+        # Seeded from the run's seed and the cell, not from this function's source text (what
+        # derandomize hashes): the placements tried stay the same across versions and edits.
+        search = hypothesis_seed(search_seed(seed, cell))(search)
+    run = profile(search)
     try:
         run()
     except PlacementFailure:
         pass
     failed = state["failure"] is not None
     policy, measurement, verdict = state["failure"] if failed else state["worst"]
-    replay = (
-        " ".join(
-            ["pytest --medrobust-only"]
-            + [f"--medrobust-{opt}={shlex.quote(str(val))}" for opt, val in _replay_options(settings, cell)]
-            + ["-k", "worst_placement"]
-        )
-        + "\n"
-        + policy.replay(seed=seed, patch=cell.patch, level=cell.level)
-    )
+    replay = replay_command(settings, cell, settings.config_file) + "\n" + policy.replay(seed, cell.patch, cell.level, stats)
     return SearchOutcome(policy, measurement, verdict, failed, metric, len(memo), replay)
 
 
-def _replay_options(settings: Any, cell: Cell) -> list[tuple[str, Any]]:
-    """Options that select exactly this search cell, on top of the run's own configuration."""
-    options: list[tuple[str, Any]] = [
-        ("models", cell.model),
-        ("patches", cell.patch),
-        ("levels", cell.level),
-        ("seed", settings.seed),
-    ]
-    if settings.dataset:
-        options.append(("dataset", settings.dataset))
-    return options
+def replay_command(settings: Settings, cell: Cell, config_file: Path | None = None) -> str:
+    """The pytest command that runs this search cell again and measures the same value.
+
+    Every setting with a flag that shapes the numbers or the verdict (the verdict decides which
+    placement the search stops at) is spelled out from the run's settings, whatever the command
+    line was: the config files are read again underneath and the flags override them. What has
+    no flag (model tables, thresholds, primary metric, search profile, loader options) comes from
+    ``config_file`` (the run's ``--medrobust-config``, by absolute path) and from the project's
+    pyproject.toml, so the command is meant to be run in the project folder.
+
+    The run's models and patch types stay as they were: a threshold rule that names a model or
+    patch of the run must still match one (config.validate_names); ``-k`` selects the cell."""
+    from .options import OPTIONS
+
+    values: dict[str, Any] = {
+        "models": ",".join(settings.model_names),
+        "dataset": settings.dataset,
+        **{f"dataset_options.{key}": settings.dataset_options.get(key) for key in DATASET_FLAG_OPTIONS},
+        "levels": repr(level_key(cell.level)),
+        "patches": ",".join(settings.patches),
+        "k": ",".join(str(k) for k in settings.ks),
+        "seed": settings.seed,
+        # auto too: it may override a device the config files name.
+        "device": settings.device,
+        "precision": settings.precision,
+        "batch_size": settings.batch_size,
+        "search.max_examples": settings.search.max_examples,  # also switches the search cells on
+        "bootstrap.resamples": settings.bootstrap.resamples,  # intervals decide under gate = "lower"
+        "baseline.path": settings.baseline.path,
+        "baseline.tolerance_abs": settings.baseline.tolerance_abs if settings.baseline.path else None,
+        "baseline.allow_dataset_mismatch": settings.baseline.allow_dataset_mismatch or None,
+    }
+    words = ["pytest", "--medrobust-only"]
+    if config_file is not None:
+        words.append(f"--medrobust-config={shlex.quote(str(config_file))}")
+    for option in OPTIONS:
+        value = values.get(option.key) if option.key else None
+        if value is None:
+            continue
+        words.append(option.flag if option.flag_only else f"{option.flag}={shlex.quote(str(value))}")
+    words += ["-k", shlex.quote(_select(cell))]
+    return " ".join(words)
+
+
+# The dataset options that have a flag; the others can only come from a config file.
+DATASET_FLAG_OPTIONS = ("image_root", "limit", "on_bad_rows")
+
+# What pytest's -k accepts as one word (_pytest/mark/expression.py); a word matches a substring
+# of a test's name.
+_K_WORD = re.compile(r"(?:\w|:|\+|-|\.|\[|\]|\\|/)+")
+
+
+def _select(cell: Cell) -> str:
+    """A -k expression for this search cell only: the words of its test name, and-ed. A patch
+    specification's parentheses, quotes and spaces cannot appear in -k, so they split words."""
+    from .items import WorstPlacementCell
+
+    name = f"{WorstPlacementCell.test_name}[{cell.id}]"
+    words = [w for w in _K_WORD.findall(name) if w not in ("and", "or", "not")]
+    return " and ".join(words)
+
+
+def search_seed(seed: int, cell: Cell) -> int:
+    """The Hypothesis seed of a search cell: the same for every model (they are searched over
+    the same placements) and for every run with the same seed."""
+    digest = hashlib.sha256(f"{seed}|{cell.patch}|{level_key(cell.level)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
 
 
 def _worse(a: float, b: float, metric: str) -> bool:

@@ -23,3 +23,14 @@ def test_progress_is_rate_limited(monkeypatch):
     assert len(lines) == 2
     assert "demo-plain clean: 500/1000 images" in lines[0] and lines[0].endswith("img/s\n")
     assert "1000/1000" in lines[1]
+
+
+def test_search_seed_follows_the_run_seed_and_the_cell_not_the_model():
+    from pytest_medrobust.search import search_seed
+
+    a, b = Cell("plain", "black_box", 0.3, kind="search"), Cell("occaug", "black_box", 0.3, kind="search")
+    assert search_seed(0, a) == search_seed(0, b)  # both models are searched over the same placements
+    assert search_seed(0, a) != search_seed(1, a)
+    assert search_seed(0, a) != search_seed(0, Cell("plain", "black_box", 0.1, kind="search"))
+    assert search_seed(0, a) != search_seed(0, Cell("plain", "white_box", 0.3, kind="search"))
+    assert search_seed(0, a) == search_seed(0, Cell("plain", "black_box", 0.1 + 0.2, kind="search"))

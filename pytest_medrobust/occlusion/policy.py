@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -165,12 +165,28 @@ class PlacementPolicy:
             raise OcclusionError(f"placement policy: unknown field(s) {', '.join(sorted(unknown))}")
         return cls(**data)
 
-    def replay(self, seed: int = 0, patch: str | None = None, level: float | None = None) -> str:
-        """A Python snippet that rebuilds this policy and occludes ``images`` (ids ``ids``) with it."""
+    def replay(
+        self,
+        seed: int = 0,
+        patch: str | None = None,
+        level: float | None = None,
+        stats: Mapping[str, float] | None = None,
+    ) -> str:
+        """A Python snippet that rebuilds this policy and occludes ``images`` (ids ``ids``) with it.
+
+        ``stats`` are the dataset statistics the cell filled with (``gray_box``, ``noise_box``):
+        without them the snippet would fill with the 0.5 default, not what the cell measured."""
         patch = patch or self.patch
         level = level if level is not None else self.level
-        return (
-            "from pytest_medrobust.occlusion import PlacementPolicy, occlude_with_policy\n"
-            f"policy = {self!r}\n"
-            f"occluded, masks = occlude_with_policy(images, ids, policy, {patch!r}, {level!r}, seed={int(seed)})\n"
-        )
+        lines = [
+            "# images: B x 3 x H x W floats in [0, 1] at the model's input size; ids: their image ids",
+            "from pytest_medrobust.occlusion import PlacementPolicy, occlude_with_policy",
+            f"policy = {self!r}",
+        ]
+        call = f"occlude_with_policy(images, ids, policy, {patch!r}, {level!r}, seed={int(seed)}"
+        if stats is not None:
+            # repr() of a float reads back as the same float: the fill is bit for bit the cell's.
+            lines.append(f"stats = {({str(k): float(v) for k, v in stats.items()})!r}")
+            call += ", stats=stats"
+        lines.append(f"occluded, masks = {call})")
+        return "\n".join(lines) + "\n"
