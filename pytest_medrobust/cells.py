@@ -30,6 +30,10 @@ def same_level(a: float, b: float) -> bool:
     return level_key(a) == level_key(b)
 
 
+# The pytest test name of each kind of cell: node ids are medrobust::<model>::<name>[<cell id>].
+TEST_NAMES = {"grid": "test_recall", "search": "test_worst_placement"}
+
+
 @dataclass(frozen=True)
 class Cell:
     """One test of the grid: a model under one patch type at one occlusion level."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .cells import Cell, CellRecord
+from .cells import TEST_NAMES, Cell, CellRecord
 from .errors import MedrobustError
 
 if TYPE_CHECKING:
@@ -145,7 +145,7 @@ class CellItem(pytest.Item):
 class RecallCell(CellItem):
     """Recall@k of one model with every image occluded by the seeded placement of one cell."""
 
-    test_name = "test_recall"
+    test_name = TEST_NAMES["grid"]
 
     def runtest(self) -> None:
         measurement = self.runner.measure(self.cell.model, self.cell.patch, self.cell.level)
@@ -155,7 +155,7 @@ class RecallCell(CellItem):
 class WorstPlacementCell(CellItem):
     """Hypothesis searches the placement policies of one cell for one that breaks the gate."""
 
-    test_name = "test_worst_placement"
+    test_name = TEST_NAMES["search"]
 
     def runtest(self) -> None:
         from .search import search_worst_placement

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .cells import level_key
+from .cells import TEST_NAMES, level_key
 from .gate import lower_is_better
 
 if TYPE_CHECKING:
@@ -173,9 +173,7 @@ _K_WORD = re.compile(r"(?:\w|:|\+|-|\.|\[|\]|\\|/)+")
 def _select(cell: Cell) -> str:
     """A -k expression for this search cell only: the words of its test name, and-ed. A patch
     specification's parentheses, quotes and spaces cannot appear in -k, so they split words."""
-    from .items import WorstPlacementCell
-
-    name = f"{WorstPlacementCell.test_name}[{cell.id}]"
+    name = f"{TEST_NAMES['search']}[{cell.id}]"
     words = [w for w in _K_WORD.findall(name) if w not in ("and", "or", "not")]
     return " and ".join(words)
 

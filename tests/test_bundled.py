@@ -94,3 +94,32 @@ def test_default_grid_end_to_end(pytester):
         assert cell["metrics"]["i2t_unique_R@5"] in shown, cell["id"]
     assert (pytester.path / "junit.xml").is_file()
     assert "gate " in result.stdout.str()
+
+
+@pytest.mark.slow
+def test_the_demo_passes_the_robust_model_and_fails_the_fragile_one_identically_under_xdist(pytester):
+    """`make demo`: with the demo's own gate, demo-occaug passes, demo-plain fails, and the paired
+    comparison says occaug is more robust; every number is the same with -n 0 and -n 2."""
+    pytest.importorskip("xdist")
+    demo = FIXTURES / "demo.toml"
+    runs = {}
+    for workers in ("0", "2"):
+        result = pytester.runpytest_subprocess(
+            "--medrobust-only", f"--medrobust-config={demo}", "--medrobust-no-cache", "-p", "no:cacheprovider",
+            "-n", workers, f"--medrobust-report-dir=reports-{workers}",
+        )
+        assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
+        runs[workers] = json.loads((pytester.path / f"reports-{workers}" / "medrobust.json").read_text())
+        assert "medrobust: dataset bundled demo dataset" in result.stdout.str()
+    plain, occaug = runs["0"]["model_summaries"]
+    assert (plain["model"], plain["verdict"]) == ("demo-plain", "fail")
+    assert (occaug["model"], occaug["verdict"]) == ("demo-occaug", "pass")
+    assert occaug["reference"]["model"] == "demo-plain" and occaug["reference"]["interval"][0] >= 0
+    (comparison,) = runs["0"]["comparisons"]
+    assert comparison["statement"].startswith("demo-occaug is more robust than demo-plain: demo-occaug - demo-plain = +")
+    assert comparison["interval"][0] > 0
+    assert runs["0"]["model_summaries"] == runs["2"]["model_summaries"]
+    assert runs["0"]["comparisons"] == runs["2"]["comparisons"]
+    strip = ("duration_s", "cached", "device")
+    cells = [[{k: v for k, v in c.items() if k not in strip} for c in r["cells"]] for r in runs.values()]
+    assert cells[0] == cells[1]

@@ -1,6 +1,7 @@
 """A broken set-up is an error, once, with its own exit status; never a gate failure."""
 
 import json
+import os
 
 import pytest
 
@@ -64,15 +65,17 @@ def test_setup_error_under_xdist_stops_before_any_worker(project):
     assert result.stderr.str().count("weights file /nowhere/model.safetensors not found") == 1
 
 
-def test_error_found_in_a_worker_is_shown_once_and_referenced_in_the_other_cells(project):
+def test_error_found_in_a_worker_is_shown_once_and_referenced_in_the_other_cells(project, monkeypatch):
     # Loads on the controller's preflight (CPU), fails where the cells run: as a CUDA OOM would.
+    # The controller runs in this process (the self-tests may themselves run in an xdist worker).
+    monkeypatch.setenv("MEDROBUST_TEST_CONTROLLER_PID", str(os.getpid()))
     project.makepyfile(
         flaky="""
         import os
         from fakemodels import Oracle
 
         def make(device, **options):
-            if os.environ.get("PYTEST_XDIST_WORKER"):
+            if os.getpid() != int(os.environ["MEDROBUST_TEST_CONTROLLER_PID"]):
                 raise RuntimeError("out of memory on the worker")
             return Oracle(device)
         """
