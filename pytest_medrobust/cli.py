@@ -286,7 +286,43 @@ def merge_shards(paths: Sequence[Path]) -> tuple[dict[str, Any], list[dict[str, 
                     search = {k: v for k, v in cell["search"].items() if k != "picture"}
                     record["search"] = {**search, "picture_png_base64": base64.b64encode(file.read_bytes()).decode()}
             records[key] = record
+    _rejudge(first_path, first, list(records.values()))
     return first, list(records.values()), sorted(expected)
+
+
+def _rejudge(path: Path, first: dict[str, Any], cells: list[dict[str, Any]]) -> None:
+    """Judge every passed cell again from its own metrics and the run's thresholds: an outcome
+    edited to "passed", with its failures removed and the summary made to agree, is refused.
+    (A failed cell may have failed its baseline, which merge cannot see: only passes are checked.)"""
+    from .cells import Cell, level_key
+    from .gate import Thresholds, chance_recall, judge_cell
+
+    try:
+        thresholds = Thresholds.from_json(first["config"].get("thresholds"), f"{path}: config.thresholds")
+    except MedrobustError as exc:
+        raise MedrobustError(str(exc)) from None
+    dataset = first.get("dataset") or {}
+    n, unique = dataset.get("n_images"), dataset.get("n_unique_reports")
+    clean = {
+        c["model"]: c["metrics"] for c in cells
+        if c.get("kind", "grid") == "grid" and level_key(c["level"]) == 0 and c["outcome"] != "error"
+    }
+    for c in cells:
+        if c["outcome"] != "passed":
+            continue
+        metrics = c["metrics"]
+        chance = {}
+        if isinstance(n, int) and isinstance(unique, int):
+            chance = {m: v for m in metrics if (v := chance_recall(m, n, unique)) is not None}
+        cell = Cell(c["model"], c["patch"], float(c["level"]), c.get("kind", "grid"))
+        verdict = judge_cell(
+            thresholds, cell, metrics, clean=clean.get(c["model"]), intervals=c.get("intervals"), chance=chance
+        )
+        if verdict.failures:
+            raise MedrobustError(
+                f"cell {c['id']}: outcome 'passed' but its metrics fail the run's thresholds "
+                f"({verdict.failures[0]}): a shard was edited"
+            )
 
 
 def _merge(args: argparse.Namespace) -> int:

@@ -555,6 +555,9 @@ def _parse_baseline(current: BaselineSettings, table: Any, where: str, base: Pat
         if key in table:
             given = table[key]
             name = _sub(where, "baseline", key)
+            if key == "path" and isinstance(given, str) and not given.strip():
+                # An unset $BASELINE in a CI script must not switch the baseline check off.
+                raise ConfigError(f"{name}: the baseline path is empty; leave the option out to run without a baseline")
             changes[key] = (base or Path()) / parse_path(given, name) if given != "" else None
     for key in ("tolerance_abs", "tolerance_rel"):
         if key in table:
@@ -648,18 +651,36 @@ def _check_rules_match(settings: Settings) -> None:
     silently drop a limit (``model = "demo-plian"``): an error, naming the rule's pattern."""
     from fnmatch import fnmatchcase
 
-    models, patches = settings.model_names, list(settings.patches)
+    from .metrics import metric_names
+
+    models, patches, metrics = settings.model_names, list(settings.patches), metric_names(settings.ks)
+    levels = set(settings.levels) | set(settings.search.levels or ())
     for rule in settings.thresholds.rules:
-        for field_name, pattern, names in (("model", rule.model, models), ("patch", rule.patch, patches)):
+        for field_name, pattern, names in (
+            ("model", rule.model, models), ("patch", rule.patch, patches), ("metric", rule.metric, metrics)
+        ):
             if not any(fnmatchcase(n, pattern) for n in names):
                 raise ConfigError(
                     f"thresholds: a rule for {rule.metric!r} has {field_name} = {pattern!r}, which matches no "
                     f"{field_name} of this run ({', '.join(names)})"
                 )
+        if not any(rule.matches(rule.model, rule.patch, level, rule.metric) for level in levels):
+            # fnmatch patterns match themselves, so only the level conditions are tested here.
+            raise ConfigError(
+                f"thresholds: a rule for {rule.metric!r} limits levels (levels = {list(rule.levels or [])}, "
+                f"max_level = {rule.max_level}) that this run does not measure ({', '.join(map(str, sorted(levels)))})"
+            )
     reference = settings.thresholds.reference
     if reference is not None and reference["model"] not in models:
         raise ConfigError(
             f"thresholds.reference: model {reference['model']!r} is not a model of this run ({', '.join(models)})"
+        )
+    # The reference test is a paired bootstrap of a recall's per-query hits.
+    if reference is not None and settings.bootstrap.resamples == 0:
+        raise ConfigError("thresholds.reference needs bootstrap resamples; --medrobust-bootstrap is 0")
+    if reference is not None and "_R@" not in settings.primary_metric:
+        raise ConfigError(
+            f"thresholds.reference compares a recall per query; primary_metric {settings.primary_metric!r} is a rank"
         )
 
 

@@ -237,12 +237,16 @@ class GatePlugin:
         )
         self._settle_superseded(bool(interrupted))
         self._junit_properties(self.results)
+        if not self.expected and not self.records:
+            return  # no grid cell selected (-k, --lf, an empty shard): pytest's status stands
         verdict = self.results["summary"]["verdict"]
         # The exit status tells a broken pipeline from a model that is not robust.
         if verdict == "error":
             session.exitstatus = pytest.ExitCode.USAGE_ERROR
-        elif verdict == "fail" and session.exitstatus == pytest.ExitCode.OK:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # a model-level test (reference) failed
+        elif verdict in ("fail", "incomplete") and session.exitstatus == pytest.ExitCode.OK:
+            # A model-level test (reference) failed, or cells never reported (a skipped cell):
+            # neither may exit 0.
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def _settle_superseded(self, interrupted: bool) -> None:
         """Replace the "running" marker when this run wrote no results JSON of its own: an

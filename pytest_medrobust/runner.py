@@ -40,6 +40,17 @@ class Measurement:
     cache_corrupt: int = 0  # corrupt cache entries found (and recomputed) for this measurement
 
 
+def _call(name: str, method: str, encode: Callable[[Any], Any], batch: Any) -> Any:
+    """A model method on the probe batch; whatever it raises is the model's set-up error, one
+    message naming the model, not a traceback (a tokenizer, CUDA or shape error in its code)."""
+    try:
+        return encode(batch)
+    except MedrobustError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"model {name!r}: {method} raised {type(exc).__name__}: {exc}") from exc
+
+
 def resolve_device(name: str, worker: str | None = None) -> torch.device:
     """The device of this process. Under xdist, ``auto`` and a bare ``cuda`` give worker gwN the
     visible GPU N mod count, so every GPU of the machine is busy (CUDA_VISIBLE_DEVICES set by the
@@ -342,8 +353,9 @@ class GridRunner:
         n = min(2, len(pixels))
         texts = self.dataset().reports[:n]
         with torch.inference_mode():
-            images = check_output(name, "encode_images", model.encode_images(to_batch(pixels, slice(0, n), device)), n)
-            embedded = check_output(name, "encode_texts", model.encode_texts(texts), len(texts))
+            images = check_output(name, "encode_images", _call(name, "encode_images", model.encode_images,
+                                                                to_batch(pixels, slice(0, n), device)), n)
+            embedded = check_output(name, "encode_texts", _call(name, "encode_texts", model.encode_texts, texts), len(texts))
         check_widths(name, images, embedded)
 
     def _check_outputs_on_cpu(self, spec: Any, model: RetrievalModel) -> None:

@@ -13,7 +13,10 @@ def _imports(path: Path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom):
-            found.add("." * node.level + (node.module or ""))
+            prefix = "." * node.level + (node.module or "")
+            found.add(prefix)
+            # `from . import reporting` names the module in the alias, not in node.module
+            found.update(f"{prefix}{'' if prefix.endswith('.') else '.'}{alias.name}" for alias in node.names)
         elif isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
     return found

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cells import CellRecord, finite, level_key
+from ..cells import CellRecord, finite, level_id, level_key
 from .compare import percentile_interval, resample_means, unpack_hits
 from .thresholds import lower_is_better
 
@@ -205,7 +205,7 @@ def compare_models(
         if level_key(cell_a.get("level", 0.0)) == 0:
             continue
         cell_low, cell_high = percentile_interval(means[:, i] - means[:, n_cells + i], confidence)
-        key = f"{cell_a.get('patch')}-{float(cell_a.get('level', 0.0)):.2f}"
+        key = f"{cell_a.get('patch')}-{level_id(float(cell_a.get('level', 0.0)))}"
         per_cell[key] = {
             "difference": float(hits_a[i].mean() - hits_b[i].mean()),
             "interval": [cell_low, cell_high],

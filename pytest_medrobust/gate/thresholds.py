@@ -130,6 +130,17 @@ class Thresholds:
             rules.append(_parse_rule(raw, f"{where}.rules[{i}]"))
         return cls(tuple(rules), gate, _parse_reference(table.get("reference"), f"{where}.reference"))
 
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> Thresholds:
+        """The inverse of :meth:`to_json` (a results file's ``config.thresholds``)."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("rules"), list):
+            raise ConfigError(f"{where} must be an object with a 'rules' list")
+        gate = data.get("gate", "point")
+        if gate not in GATES:
+            raise ConfigError(f"{where}.gate must be one of {', '.join(GATES)}, got {gate!r}")
+        rules = tuple(_parse_rule(r, f"{where}.rules[{i}]") for i, r in enumerate(data["rules"]))
+        return cls(rules, gate, _parse_reference(data.get("reference"), f"{where}.reference"))
+
     def evaluate(
         self,
         cell_id: str,

@@ -151,17 +151,21 @@ def _model_scores(
     names += [m for m in dict.fromkeys(str(c.get("model")) for c in cells) if m not in names]
     # Missing node ids look like medrobust::<model>::test_...[...]
     missing_per_model = {n: sum(1 for m in missing if m.split("::")[1:2] == [n]) for n in names}
+    # A model none of whose cells was selected (-k, a shard) has no verdict to give.
+    names = [n for n in names if missing_per_model[n] or any(c.get("model") == n for c in cells)]
     bootstrap = config.get("bootstrap") or {}
     thresholds = config.get("thresholds") or {}
+    # A shard holds part of each curve: comparisons and the reference test wait for the merge.
+    sharded = bool(config.get("shard"))
     return summarise(
         cells,
         names,
         str(config.get("primary_metric") or "i2t_unique_R@5"),
         missing=missing_per_model,
-        resamples=int(bootstrap.get("resamples", 1000)),
+        resamples=0 if sharded else int(bootstrap.get("resamples", 1000)),
         confidence=float(bootstrap.get("confidence", 0.95)),
         seed=seed,
-        reference=thresholds.get("reference"),
+        reference=None if sharded else thresholds.get("reference"),
     )
 
 

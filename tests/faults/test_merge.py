@@ -142,6 +142,30 @@ def test_an_edited_outcome_is_refused(project, tmp_path, capsys):
     assert not (tmp_path / "merged").exists()
 
 
+def test_an_outcome_edited_past_a_retention_limit_is_refused(project, tmp_path, capsys):
+    """No min limit to re-check in the cell itself: merge judges the metrics again with the run's
+    thresholds and the model's clean cell (which may sit in another shard)."""
+    project.makefile(".toml", gate=GATE + "[thresholds]\nretention = {'i2t_unique_R@5' = 0.99}\n")
+    shards = [run_shard(project, 1), run_shard(project, 2)]
+    failing = [c["id"] for s in shards for c in json.loads(s.read_text())["cells"] if c["outcome"] == "failed"]
+    assert "oracle-black_box-0.15" in failing
+
+    def consistently(data):
+        for cell in data["cells"]:
+            if cell["outcome"] == "failed":
+                cell.update(outcome="passed", passed=True, failures=[])
+        data["summary"].update(passed=data["summary"]["cells"], failed=0, verdict="pass")
+        for summary in data["model_summaries"]:
+            summary["failures"] = []
+
+    for shard in shards:
+        edit(shard, consistently)
+    code, err = merge(shards, tmp_path / "merged", capsys)
+    assert code == 2
+    assert "outcome 'passed' but its metrics fail the run's thresholds (oracle-black_box-0.15: i2t_unique_R@5 retention" in err
+    assert not (tmp_path / "merged").exists()
+
+
 def test_an_edited_summary_is_refused(shards, tmp_path, capsys):
     edit(shards[1], lambda data: data["summary"].update(failed=1, passed=3))
     code, err = merge(shards, tmp_path / "merged", capsys)

@@ -68,6 +68,11 @@ class StringSize(Oracle):
     input_size = "64x64"
 
 
+class RaisesInTexts(Oracle):
+    def encode_texts(self, texts):
+        raise RuntimeError("tokenizer exploded")
+
+
 def make(cls):
     return lambda device, **options: cls(device)
 
@@ -75,6 +80,7 @@ def make(cls):
 numpy_out, three_d, too_few_rows = make(NumpyOut), make(ThreeD), make(TooFewRows)
 extra_text_row, extra_row_in_big_batches = make(ExtraTextRow), make(ExtraRowInBigBatches)
 wrong_width, integer_out, zero_side, string_size = make(WrongWidth), make(IntegerOut), make(ZeroSide), make(StringSize)
+raises_in_texts = make(RaisesInTexts)
 '''
 
 PYPROJECT = """
@@ -123,6 +129,7 @@ def run_model(project, factory, *args):
         ),
         ("zero_side", "model 'bad': input_size must be (height, width), two integers from 1 to 16384; got (0, 64) (tuple)"),
         ("string_size", "model 'bad': input_size must be (height, width), two integers from 1 to 16384; got '64x64' (str)"),
+        ("raises_in_texts", "model 'bad': encode_texts raised RuntimeError: tokenizer exploded"),
     ],
 )
 def test_a_broken_model_is_one_setup_error_naming_it(project, factory, message):

@@ -134,3 +134,59 @@ def test_verdicts_scores_and_comparisons_are_identical_with_and_without_xdist(pr
     assert one["model_summaries"] == two["model_summaries"]
     assert one["comparisons"] == two["comparisons"]
     assert [c["hits"] for c in one["cells"]] == [c["hits"] for c in two["cells"]]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("bootstrap = 0\n", "thresholds.reference needs bootstrap resamples; --medrobust-bootstrap is 0"),
+        ("primary_metric = 'i2t_mean_rank'\n", "primary_metric 'i2t_mean_rank' is a rank"),
+    ],
+)
+def test_a_reference_that_cannot_be_tested_is_a_usage_error(project, extra, message):
+    project.makefile(".toml", gate=extra + "[thresholds]\nreference = 'oracle'\n")
+    result = project.runpytest("--medrobust", "--medrobust-config", "gate.toml")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert message in result.stderr.str()
+
+
+def test_shards_leave_the_comparison_and_the_reference_test_to_the_merge(project):
+    project.makefile(".toml", gate=GATE_WITH_REFERENCE)
+    project.runpytest("--medrobust", "--medrobust-config", "gate.toml", "--medrobust-shard", "1/2", "-p", "no:cacheprovider")
+    results = read_results(project)
+    assert results["comparisons"] == []
+    assert all("reference" not in m and not m["failures"] for m in results["model_summaries"])
+
+
+def test_hook_columns_are_reported_not_gated_and_do_not_leak_into_other_cells(project):
+    project.makeconftest(
+        "def pytest_medrobust_cell_record(record, config):\n"
+        "    if record['outcome'] != 'error':\n"
+        "        record['metrics']['extra_R@5'] = 'not a number'\n"
+    )
+    project.makefile(".toml", gate="patches = ['black_box', 'white_box']\nlevels = [0.0]\n")
+    result = project.runpytest("--medrobust", "--medrobust-config", "gate.toml", "--medrobust-models", "oracle",
+                               "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)  # the second clean cell shares the first's measurement
+    assert all(c["metrics"]["extra_R@5"] == "not a number" for c in read_results(project)["cells"])
+
+
+def test_no_grid_cell_selected_leaves_pytests_exit_status(project):
+    project.makepyfile(test_unit="def test_unit():\n    assert True\n")
+    result = project.runpytest("--medrobust", "-k", "test_unit", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.OK
+    result.assert_outcomes(passed=1)
+
+
+def test_a_skipped_cell_never_exits_0(project):
+    project.makeconftest(
+        "import pytest\n"
+        "def pytest_collection_modifyitems(items):\n"
+        "    for item in items:\n"
+        "        if '0.50' in item.nodeid:\n"
+        "            item.add_marker(pytest.mark.skip(reason='skipped by a conftest'))\n"
+    )
+    project.makefile(".toml", gate="thresholds = {above_chance = {}, retention = {}}\nmodels = ['oracle']\n")
+    result = project.runpytest("--medrobust", "--medrobust-config", "gate.toml", "-p", "no:cacheprovider")
+    assert read_results(project)["summary"]["verdict"] == "incomplete"
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
