@@ -1,5 +1,7 @@
 """Per-model scores and the paired bootstrap, checked against hand computation and simulation."""
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -157,3 +159,14 @@ def test_non_inferiority_to_a_reference_model(margin, verdict):
     assert new["reference"]["model"] == "ref" and new["reference"]["difference"] < 0
     assert bool(new["failures"]) == (verdict == "fail")
     assert found["models"][0]["verdict"] == "pass"  # the reference itself is not compared with itself
+
+
+def test_a_comparison_with_scores_undefined_in_many_resamples_is_refused():
+    """1 clean hit in 30 queries: a third of the resamples lose it and have no score."""
+    clean, occluded = np.zeros(30, bool), np.zeros(30, bool)
+    clean[0] = occluded[0] = True
+    cells = [cell(m, "p", lv, hits=h) for m in ("a", "b") for lv, h in zip((0.0, 0.3), (clean, occluded), strict=True)]
+    found = compare_models(cells, "a", "b", METRIC, resamples=200, confidence=0.95, seed=0)
+    assert found["difference"] is None and found["interval"] is None
+    share = re.search(r"undefined \(in (\d+)% of the bootstrap resamples: too few clean hits\)", found["statement"])
+    assert share and 25 <= int(share.group(1)) <= 50, found["statement"]  # (29/30)^30 = 36 % expected

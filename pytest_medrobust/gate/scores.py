@@ -32,6 +32,9 @@ from ..cells import CellRecord, finite, level_id, level_key
 from .compare import percentile_interval, resample_means, unpack_hits
 from .thresholds import lower_is_better
 
+# The share of bootstrap resamples in which a score may be undefined before a comparison is refused.
+MAX_UNDEFINED_SHARE = 0.01
+
 
 @dataclass(frozen=True)
 class Curve:
@@ -210,12 +213,18 @@ def compare_models(
             "difference": float(hits_a[i].mean() - hits_b[i].mean()),
             "interval": [cell_low, cell_high],
         }
-    if not (np.isfinite(point) and np.isfinite(low) and np.isfinite(high)):
-        # A clean value of 0 leaves no retention to compare (the score is undefined).
+    # A resample whose clean hits are all 0 has no score; an interval over the rest would claim
+    # more than the data support once they are more than a few.
+    undefined = float(np.mean(~np.isfinite(differences)))
+    if not (np.isfinite(point) and np.isfinite(low) and np.isfinite(high)) or undefined > MAX_UNDEFINED_SHARE:
+        why = (
+            f"a clean {metric} of 0" if not np.isfinite(point)
+            else f"in {undefined:.0%} of the bootstrap resamples: too few clean hits"
+        )
         return {
             "a": a, "b": b, "metric": metric, "difference": None, "interval": None, "confidence": confidence,
             "resamples": resamples, "n_queries": int(hits_a.shape[1]), "significant": False,
-            "statement": f"{a} vs {b}: not comparable, a robustness score is undefined (a clean {metric} of 0)",
+            "statement": f"{a} vs {b}: not comparable, a robustness score is undefined ({why})",
             "cells": per_cell,
         }
     significant = bool(low > 0 or high < 0)
