@@ -47,10 +47,6 @@ def _expect(path: Path, field: str, value: Any, ok: bool, what: str) -> None:
         raise MedrobustError(f"{path}: field '{field}': expected {what}, got {_shown(value)}")
 
 
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -85,17 +81,7 @@ def _check_cell(path: Path, i: int, cell: Any) -> None:
         "failed": cell.get("passed") is False and bool(cell["failures"]),
         "error": cell.get("passed") is False,
     }[outcome]
-    if agrees and outcome == "passed":
-        # A passed cell must meet its own minimums (in point and in lower-bound mode alike).
-        for metric, limits in (cell.get("thresholds") or {}).items():
-            interval = (cell.get("intervals") or {}).get(metric) or [None]
-            value, low = _number(cell["metrics"].get(metric)), _number(interval[0])
-            minimum = _number(limits.get("min")) if isinstance(limits, dict) else None
-            if value is not None and minimum is not None and value < minimum and (low is None or low < minimum):
-                raise MedrobustError(
-                    f"{path}: cell {cell['id']}: outcome 'passed' but {metric} = {value} is below its minimum {minimum}: "
-                    "the shard was edited"
-                )
+    # Whether a passed cell's metrics really pass is judged once every shard is in (_rejudge).
     if not agrees:
         raise MedrobustError(
             f"{path}: cell {cell['id']}: outcome {outcome!r} disagrees with its passed={_shown(cell.get('passed'))} "
@@ -270,6 +256,7 @@ def merge_shards(paths: Sequence[Path]) -> tuple[dict[str, Any], list[dict[str, 
     for path, data in shards:
         _check_shard_whole(path, data)
     records: dict[str, dict[str, Any]] = {}
+    origins: dict[str, Path] = {}  # record key -> the shard it came from
     expected: set[str] = set()
     for path, data in shards:
         models: Mapping[str, Any] = data.get("models", {})
@@ -286,28 +273,28 @@ def merge_shards(paths: Sequence[Path]) -> tuple[dict[str, Any], list[dict[str, 
                     search = {k: v for k, v in cell["search"].items() if k != "picture"}
                     record["search"] = {**search, "picture_png_base64": base64.b64encode(file.read_bytes()).decode()}
             records[key] = record
-    _rejudge(first_path, first, list(records.values()))
+            origins[key] = path
+    _rejudge(first_path, first, records, origins)
     return first, list(records.values()), sorted(expected)
 
 
-def _rejudge(path: Path, first: dict[str, Any], cells: list[dict[str, Any]]) -> None:
-    """Judge every passed cell again from its own metrics and the run's thresholds: an outcome
-    edited to "passed", with its failures removed and the summary made to agree, is refused.
+def _rejudge(path: Path, first: dict[str, Any], records: dict[str, dict[str, Any]], origins: dict[str, Path]) -> None:
+    """Judge every passed cell again from its own metrics, the run's thresholds and its model's
+    clean cell (which may come from another shard): an outcome edited to "passed", with its
+    failures removed and the summary made to agree, is refused, naming the shard it came from.
     (A failed cell may have failed its baseline, which merge cannot see: only passes are checked.)"""
     from .cells import Cell, level_key
     from .gate import Thresholds, chance_recall, judge_cell
 
-    try:
-        thresholds = Thresholds.from_json(first["config"].get("thresholds"), f"{path}: config.thresholds")
-    except MedrobustError as exc:
-        raise MedrobustError(str(exc)) from None
+    thresholds = Thresholds.from_json(first["config"].get("thresholds"), f"{path}: config.thresholds")
+    cells = list(records.values())
     dataset = first.get("dataset") or {}
     n, unique = dataset.get("n_images"), dataset.get("n_unique_reports")
     clean = {
         c["model"]: c["metrics"] for c in cells
         if c.get("kind", "grid") == "grid" and level_key(c["level"]) == 0 and c["outcome"] != "error"
     }
-    for c in cells:
+    for key, c in records.items():
         if c["outcome"] != "passed":
             continue
         metrics = c["metrics"]
@@ -320,8 +307,8 @@ def _rejudge(path: Path, first: dict[str, Any], cells: list[dict[str, Any]]) -> 
         )
         if verdict.failures:
             raise MedrobustError(
-                f"cell {c['id']}: outcome 'passed' but its metrics fail the run's thresholds "
-                f"({verdict.failures[0]}): a shard was edited"
+                f"{origins[key]}: cell {c['id']}: outcome 'passed' but its metrics fail the run's thresholds "
+                f"({verdict.failures[0]}): the shard was edited"
             )
 
 
