@@ -45,6 +45,13 @@ class Curve:
     columns: tuple[tuple[int, ...], ...]  # per patch, the column of each level
     lower_better: bool
 
+    def retention(self, values: np.ndarray, columns: tuple[int, ...]) -> np.ndarray:
+        """One patch type's retention at each of its levels, clean first (1.0): occluded / clean,
+        or clean / occluded for a rank; inf or NaN where the denominator is 0."""
+        y = values[:, list(columns)]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return y[:, :1] / y if self.lower_better else y / y[:, :1]
+
     def scores(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per row of ``values``: (overall score, per-patch scores, per-patch AUC)."""
         per_patch_score, per_patch_auc = [], []
@@ -52,8 +59,7 @@ class Curve:
             for levels, columns in zip(self.levels, self.columns, strict=True):
                 x = np.asarray(levels)
                 y = values[:, list(columns)]
-                clean = y[:, :1]
-                retention = clean / y if self.lower_better else y / clean
+                retention = self.retention(values, columns)
                 span = x[-1]
                 per_patch_score.append(_trapezoid(retention, x) / span)
                 per_patch_auc.append(_trapezoid(y, x) / span)
@@ -139,15 +145,9 @@ def summarise_model(
         summary["score_per_patch"] = {p: _number(per_patch[0, i]) for i, p in enumerate(curve.patches)}
         summary["auc"] = _number(auc[0].mean())
         summary["auc_per_patch"] = {p: _number(auc[0, i]) for i, p in enumerate(curve.patches)}
-        retentions = []
-        for columns in curve.columns:
-            clean = values[0, columns[0]]
-            for column in columns[1:]:
-                value = values[0, column]
-                ratio = (clean / value if value > 0 else None) if curve.lower_better else (value / clean if clean > 0 else None)
-                if ratio is not None:
-                    retentions.append(ratio)
-        summary["mean_retention"] = _number(np.mean(retentions)) if retentions else None
+        occluded_retention = np.concatenate([curve.retention(values, columns)[0, 1:] for columns in curve.columns])
+        defined = occluded_retention[np.isfinite(occluded_retention)]
+        summary["mean_retention"] = _number(defined.mean()) if defined.size else None
     scored = [c for c in occluded if finite((c.get("metrics") or {}).get(metric))]
     if scored:
         pick = max if lower_is_better(metric) else min

@@ -117,8 +117,6 @@ def write_reports(
 def write_error_report(settings: Any, message: str) -> Path:
     """The results of a run stopped by a set-up error before any cell: verdict "error" and the
     message, in ``medrobust-error.json`` beside the last good reports (which are kept)."""
-    from .results import build_results
-
     results = build_results(seed=settings.seed, config=settings.to_json(), records=[])
     results["summary"]["verdict"] = "error"
     results["summary"]["error"] = message
