@@ -284,7 +284,7 @@ def _rejudge(path: Path, first: dict[str, Any], records: dict[str, dict[str, Any
     failures removed and the summary made to agree, is refused, naming the shard it came from.
     (A failed cell may have failed its baseline, which merge cannot see: only passes are checked.)"""
     from .cells import Cell, level_key
-    from .gate import Thresholds, chance_recall, judge_cell
+    from .gate import Thresholds, chance_levels, judge_cell
 
     thresholds = Thresholds.from_json(first["config"].get("thresholds"), f"{path}: config.thresholds")
     cells = list(records.values())
@@ -298,9 +298,7 @@ def _rejudge(path: Path, first: dict[str, Any], records: dict[str, dict[str, Any
         if c["outcome"] != "passed":
             continue
         metrics = c["metrics"]
-        chance = {}
-        if isinstance(n, int) and isinstance(unique, int):
-            chance = {m: v for m in metrics if (v := chance_recall(m, n, unique)) is not None}
+        chance = chance_levels(metrics, n, unique) if isinstance(n, int) and isinstance(unique, int) else {}
         cell = Cell(c["model"], c["patch"], float(c["level"]), c.get("kind", "grid"))
         verdict = judge_cell(
             thresholds, cell, metrics, clean=clean.get(c["model"]), intervals=c.get("intervals"), chance=chance

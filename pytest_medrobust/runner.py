@@ -23,7 +23,7 @@ from .cells import LEVEL_DECIMALS, Cell
 from .config import Settings
 from .datasets import Dataset, decode_dataset, load_dataset, to_batch
 from .errors import MedrobustError, ModelLoadError
-from .gate import Verdict, chance_recall, check_compatible, judge_cell, load_baseline
+from .gate import Verdict, chance_levels, check_compatible, judge_cell, load_baseline
 from .gate.compare import pack_hits
 from .metrics import Ranks, compute_ranks, summarize, unique_texts
 from .models import RetrievalModel, load_model, model_card
@@ -485,9 +485,7 @@ class GridRunner:
     def chance(self, metrics: Sequence[str]) -> dict[str, float]:
         """Each recall's chance level on this dataset (what random ranking scores)."""
         dataset = self.dataset()
-        n, unique = len(dataset.records), dataset.n_unique_reports
-        levels = {m: chance_recall(m, n, unique) for m in metrics}
-        return {m: c for m, c in levels.items() if c is not None}
+        return chance_levels(metrics, len(dataset.records), dataset.n_unique_reports)
 
     def intervals(self, measurement: Measurement) -> dict[str, list[float]]:
         """Bootstrap confidence intervals of every recall (empty when resamples is 0)."""

@@ -15,13 +15,14 @@ decides, the reports show.
 from .baseline import Baseline, check_compatible, load_baseline, save_baseline
 from .judge import VERDICTS, judge_cell, run_verdict
 from .scores import summarise
-from .thresholds import Thresholds, Verdict, chance_recall, lower_is_better
+from .thresholds import Thresholds, Verdict, chance_levels, chance_recall, lower_is_better
 
 __all__ = [
     "VERDICTS",
     "Baseline",
     "Thresholds",
     "Verdict",
+    "chance_levels",
     "chance_recall",
     "check_compatible",
     "judge_cell",

@@ -30,7 +30,7 @@ Top-level ``min``/``max``/``retention`` tables replace the built-in defaults of 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
@@ -58,6 +58,12 @@ def chance_recall(metric: str, n_images: int, n_unique_reports: int) -> float | 
         return None
     candidates = n_unique_reports if direction == "i2t_unique" else n_images
     return min(1.0, int(k) / max(candidates, 1))
+
+
+def chance_levels(metrics: Iterable[str], n_images: int, n_unique_reports: int) -> dict[str, float]:
+    """:func:`chance_recall` of each recall among ``metrics`` (ranks have none)."""
+    levels = {m: chance_recall(m, n_images, n_unique_reports) for m in metrics}
+    return {m: c for m, c in levels.items() if c is not None}
 
 
 def lower_is_better(metric: str) -> bool:
