@@ -338,14 +338,13 @@ def resolve_dataset_spec(spec: str, base: Path, where: str = "dataset") -> str:
     return str(base / spec)
 
 
-DATASET_OPTION_CHECKS = {"limit", "on_bad_rows", "image_root"}
 # Options every loader takes (datasets.subset.build_dataset); each loader adds its own.
 COMMON_DATASET_OPTIONS = ("limit", "seed", "on_bad_rows", "validate", "cache_dir", "workers")
 # The type each known loader option must have; a loader option not listed is passed as given.
 _DATASET_OPTION_TYPES = {
     "seed": "int", "workers": "count", "cache_dir": "folder", "validate": "str", "split": "str", "section": "str",
     "one_image_per_study": "bool", "name": "str", "reports_dir": "path", "images_dir": "path", "csv": "path",
-    "split_file": "path", "metadata_file": "path", "views": "names",
+    "split_file": "path", "metadata_file": "path", "views": "names", "image_root": "folder",
 }
 
 
@@ -386,15 +385,9 @@ def _check_dataset_options(settings: Settings) -> None:
             )
 
 
-def _dataset_option_name(where: str, key: str) -> str:
-    """How messages name dataset option ``key`` of the source ``where``."""
-    flags = {"limit": "--medrobust-limit", "on_bad_rows": "--medrobust-on-bad-rows", "image_root": "--medrobust-image-root"}
-    return flags.get(key, f"{where}.{key}") if where.startswith("--") else f"{where}.{key}"
-
-
 def _typed_option(value: Any, kind: str, name: str, base: Path | None) -> Any:
-    """A loader option of a known type, checked; a ``folder`` (the cache) made absolute against
-    ``base``, as ``cache_dir`` is (the loaders' own paths are passed as given)."""
+    """A loader option of a known type, checked; a ``folder`` (the cache, the image root) made
+    absolute against ``base`` (the loaders' own paths are passed as given)."""
     if kind == "int":
         return parse_int(value, name)
     if kind == "count":
@@ -417,7 +410,7 @@ def _parse_dataset_options(table: Any, where: str, base: Path | None) -> dict[st
     options = dict(table)
 
     def name(key: str) -> str:
-        return _dataset_option_name(where, key)
+        return _sub(where, "dataset_options", key)
 
     for key, kind in _DATASET_OPTION_TYPES.items():
         if key in options:
@@ -429,11 +422,6 @@ def _parse_dataset_options(table: Any, where: str, base: Path | None) -> dict[st
         options["limit"] = parse_int(options["limit"], name("limit"), 1)
     if "on_bad_rows" in options and options["on_bad_rows"] not in ("error", "drop"):
         raise ConfigError(f"{name('on_bad_rows')}: must be error or drop, got {options['on_bad_rows']!r}")
-    if "image_root" in options:
-        root = options["image_root"]
-        if not isinstance(root, str) or not root.strip():
-            raise ConfigError(f"{name('image_root')}: expected a folder path, got {root!r}")
-        options["image_root"] = str((base or Path()) / root)
     return options
 
 
@@ -468,7 +456,7 @@ def apply_table(settings: Settings, table: Mapping[str, Any], source: str, base:
     if "dataset_options" in table:
         options = _parse_dataset_options(table["dataset_options"], where("dataset_options"), base)
         changes["dataset_options"] = {**settings.dataset_options, **options}
-        names = {k: _dataset_option_name(where("dataset_options"), k) for k in options}
+        names = {k: _sub(where("dataset_options"), "dataset_options", k) for k in options}
         changes["dataset_option_sources"] = {**settings.dataset_option_sources, **names}
     if "levels" in table:
         changes["levels"] = parse_levels(table["levels"], where("levels"))
