@@ -30,7 +30,8 @@ def same_level(a: float, b: float) -> bool:
     return level_key(a) == level_key(b)
 
 
-# The pytest test name of each kind of cell: node ids are medrobust::<model>::<name>[<cell id>].
+# The grid's node id, and the pytest test name of each kind of cell.
+GRID_NODEID = "medrobust"
 TEST_NAMES = {"grid": "test_recall", "search": "test_worst_placement"}
 
 
@@ -46,6 +47,17 @@ class Cell:
     @property
     def id(self) -> str:
         return f"{self.model}-{self.patch}-{level_id(self.level)}"
+
+
+def cell_test_name(cell: Cell) -> str:
+    """The name of a cell's item (``test_recall[<cell id>]``)."""
+    return f"{TEST_NAMES[cell.kind]}[{cell.id}]"
+
+
+def cell_nodeid(cell: Cell) -> str:
+    """The node id of a cell's item (``medrobust::<model>::test_recall[<cell id>]``): collection
+    gives it, and ``medrobust merge`` rebuilds it from a shard's configuration."""
+    return f"{GRID_NODEID}::{cell.model}::{cell_test_name(cell)}"
 
 
 class CellRecord(TypedDict, total=False):

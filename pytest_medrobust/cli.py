@@ -131,7 +131,8 @@ def _load(path: Path) -> dict[str, Any]:
 def _assigned(path: Path, config: dict[str, Any]) -> set[str]:
     """The node ids of the cells the shard's configuration assigns to it, as collection does:
     what ``summary.expected`` must list when no cell was deselected (``-k``, ``-m``, ``--lf``)."""
-    from .items import cell_in_shard, cell_nodeid, model_cells
+    from .cells import cell_nodeid
+    from .items import cell_in_shard, model_cells
 
     def strings(key: str) -> list[str]:
         value: Any = config.get(key)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .cells import TEST_NAMES, Cell, CellRecord
+from .cells import TEST_NAMES, Cell, CellRecord, cell_nodeid, cell_test_name
 from .errors import MedrobustError
 
 if TYPE_CHECKING:
@@ -46,9 +46,9 @@ class ModelCells(pytest.Collector):
         search_levels = settings.search.levels if settings.search.enabled else ()
         for cell in model_cells(self.name, settings.patches, settings.levels, settings.search.enabled, search_levels):
             kind = RecallCell if cell.kind == "grid" else WorstPlacementCell
-            name = f"{kind.test_name}[{cell.id}]"
-            # An explicit node id: pytest re-parses cached ids for --lf, and must find the same one.
-            yield kind.from_parent(self, name=name, nodeid=f"{self.nodeid}::{name}", cell=cell)
+            # An explicit node id: pytest re-parses cached ids for --lf, and must find the same one;
+            # medrobust merge rebuilds the same ids from a shard's config (cell_nodeid).
+            yield kind.from_parent(self, name=cell_test_name(cell), nodeid=cell_nodeid(cell), cell=cell)
 
 
 def model_cells(
@@ -61,12 +61,6 @@ def model_cells(
         chosen = search_levels or tuple(lv for lv in levels if lv > 0)
         cells += [Cell(model, patch, level, kind="search") for patch in patches for level in chosen]
     return cells
-
-
-def cell_nodeid(cell: Cell) -> str:
-    """The node id of a cell's item (``medrobust::<model>::test_recall[<cell id>]``)."""
-    test_name = RecallCell.test_name if cell.kind == "grid" else WorstPlacementCell.test_name
-    return f"medrobust::{cell.model}::{test_name}[{cell.id}]"
 
 
 class CellItem(pytest.Item):

@@ -12,13 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from .cells import GRID_NODEID
 from .errors import MedrobustError
 from .items import RUNNER_KEY, SETTINGS_KEY, CellItem, MedrobustGrid, error_record
 
 if TYPE_CHECKING:
     from .runner import GridRunner
-
-GRID_NODEID = "medrobust"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .cells import TEST_NAMES, level_key
+from .cells import cell_test_name, level_key
 from .gate import lower_is_better
 
 if TYPE_CHECKING:
@@ -135,7 +135,9 @@ def replay_command(settings: Settings, cell: Cell, config_file: Path | None = No
     values: dict[str, Any] = {
         "models": ",".join(settings.model_names),
         "dataset": settings.dataset,
-        **{f"dataset_options.{key}": settings.dataset_options.get(key) for key in DATASET_FLAG_OPTIONS},
+        # Dataset options that have a flag; the others can only come from a config file.
+        **{o.key: settings.dataset_options.get(o.key.partition(".")[2]) for o in OPTIONS
+           if o.key and o.key.startswith("dataset_options.")},
         "levels": repr(level_key(cell.level)),
         "patches": ",".join(settings.patches),
         "k": ",".join(str(k) for k in settings.ks),
@@ -162,9 +164,6 @@ def replay_command(settings: Settings, cell: Cell, config_file: Path | None = No
     return " ".join(words)
 
 
-# The dataset options that have a flag; the others can only come from a config file.
-DATASET_FLAG_OPTIONS = ("image_root", "limit", "on_bad_rows")
-
 # What pytest's -k accepts as one word (_pytest/mark/expression.py); a word matches a substring
 # of a test's name.
 _K_WORD = re.compile(r"(?:\w|:|\+|-|\.|\[|\]|\\|/)+")
@@ -173,7 +172,7 @@ _K_WORD = re.compile(r"(?:\w|:|\+|-|\.|\[|\]|\\|/)+")
 def _select(cell: Cell) -> str:
     """A -k expression for this search cell only: the words of its test name, and-ed. A patch
     specification's parentheses, quotes and spaces cannot appear in -k, so they split words."""
-    name = f"{TEST_NAMES['search']}[{cell.id}]"
+    name = cell_test_name(cell)
     words = [w for w in _K_WORD.findall(name) if w not in ("and", "or", "not")]
     return " and ".join(words)
 
