@@ -104,3 +104,26 @@ def test_threshold_for_an_unmeasured_metric_fails_loudly():
 def test_bad_threshold_tables_name_the_key(table, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         Thresholds.from_table(table, "cfg")
+
+
+def test_a_rule_can_hold_the_worst_case_search_to_its_own_limit():
+    t = Thresholds.from_table(
+        {"retention": {"i2t_unique_R@5": 0.5},
+         "rules": [{"metric": "i2t_unique_R@5", "cells": "search", "retention": 0.2}]},
+        "thresholds",
+    )
+    clean, chance = {"i2t_unique_R@5": 0.5, "t2i_R@5": 0.5}, {"i2t_unique_R@5": 0.01, "t2i_R@5": 0.01}
+    metrics = {"i2t_unique_R@5": 0.15, "t2i_R@5": 0.5}  # i2t retention 0.30
+    grid = t.evaluate("cell", "m", "black_box", 0.2, metrics, clean, chance=chance, kind="grid")
+    search = t.evaluate("cell", "m", "black_box", 0.2, metrics, clean, chance=chance, kind="search")
+    assert grid.thresholds["i2t_unique_R@5"]["retention"] == 0.5 and not grid.passed
+    assert search.thresholds["i2t_unique_R@5"]["retention"] == 0.2 and search.passed
+    # The selector survives the results JSON (medrobust merge re-judges from it).
+    again = Thresholds.from_json(json.loads(json.dumps(t.to_json())), "config.thresholds")
+    assert again == t
+
+
+@pytest.mark.parametrize("cells", ["worst", "", 1, "Search"])
+def test_an_unknown_cells_selector_is_an_error(cells):
+    with pytest.raises(ConfigError, match=r"thresholds.rules\[0\].cells must be one of"):
+        Thresholds.from_table({"rules": [{"metric": "t2i_R@5", "cells": cells, "min": 0.1}]}, "thresholds")

@@ -30,7 +30,8 @@ def judge_cell(
 ) -> Verdict:
     """Every threshold of the cell, then the baseline comparison (when a baseline is given)."""
     verdict = thresholds.evaluate(
-        cell.id, cell.model, cell.patch, cell.level, metrics, clean if cell.level > 0 else None, intervals, chance
+        cell.id, cell.model, cell.patch, cell.level, metrics, clean if cell.level > 0 else None, intervals, chance,
+        kind=cell.kind,
     )
     if baseline is None or baseline_options is None:
         return verdict

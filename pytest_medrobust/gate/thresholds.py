@@ -21,7 +21,11 @@ Configuration (``[tool.medrobust.thresholds]``)::
     patch = "*"
     metric = "i2t_unique_R@5"
     levels = [0.5]                            # or max_level = 0.3; default: every level
+    cells = "search"                          # "grid", "search" or "*" (default): which tests
     retention = 0.4
+
+``cells`` lets the worst placement the search finds be held to its own (usually lower) limit
+than the grid's seeded random placement: a worst case is a different question from an average.
 
 Top-level ``min``/``max``/``retention`` tables replace the built-in defaults of the same kind;
 ``rules`` add to them. A rule sets only the kinds it names.
@@ -39,6 +43,7 @@ from ..cells import LEVEL_DECIMALS, same_level
 from ..errors import ConfigError
 
 GATES = ("point", "lower")
+CELL_KINDS = ("grid", "search")
 KINDS = ("min", "max", "retention", "above_chance")
 
 # Documented defaults (README, "Thresholds"); chosen so that a model that keeps at least half of
@@ -81,16 +86,19 @@ class Rule:
     max: float | None = None
     retention: float | None = None
     above_chance: float | None = None
+    cells: str = "*"  # "grid", "search" or "*"
 
-    def matches(self, model: str, patch: str, level: float, metric: str) -> bool:
+    def matches(self, model: str, patch: str, level: float, metric: str, kind: str = "grid") -> bool:
         if not (fnmatchcase(model, self.model) and fnmatchcase(patch, self.patch) and fnmatchcase(metric, self.metric)):
+            return False
+        if self.cells != "*" and kind != self.cells:
             return False
         if self.levels is not None and not any(same_level(level, x) for x in self.levels):
             return False
         return self.max_level is None or level <= self.max_level + 10.0**-LEVEL_DECIMALS / 2
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        return {k: v for k, v in self.__dict__.items() if v is not None and not (k == "cells" and v == "*")}
 
 
 @dataclass(frozen=True)
@@ -157,17 +165,19 @@ class Thresholds:
         clean: Mapping[str, float] | None,
         intervals: Mapping[str, Sequence[float]] | None = None,
         chance: Mapping[str, float] | None = None,
+        kind: str = "grid",
     ) -> Verdict:
-        """Check every applicable limit; the failure messages name cell, metric, value and limit."""
+        """Check every applicable limit; the failure messages name cell, metric, value and limit.
+        ``kind`` is the cell's test ("grid" or "search"), for rules that name ``cells``."""
         per_metric: dict[str, dict[str, float]] = {}
         for rule in self.rules:
             for metric in metrics:
-                if rule.matches(model, patch, level, metric):
+                if rule.matches(model, patch, level, metric, kind):
                     entry = per_metric.setdefault(metric, {})
-                    for kind in KINDS:
-                        value = getattr(rule, kind)
+                    for limit_kind in KINDS:
+                        value = getattr(rule, limit_kind)
                         if value is not None:
-                            entry[kind] = value
+                            entry[limit_kind] = value
         unknown = sorted({r.metric for r in self.rules if "*" not in r.metric} - set(metrics))
         failures = [f"{cell_id}: threshold set for unknown metric {m!r}; measured: {', '.join(metrics)}" for m in unknown]
         table: dict[str, dict[str, Any]] = {}
@@ -261,7 +271,7 @@ def _rules_from_kind_tables(kinds: Mapping[str, Mapping[str, float]]) -> tuple[R
 def _parse_rule(raw: Any, where: str) -> Rule:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where} must be a table")
-    allowed = {"metric", "model", "patch", "levels", "max_level", *KINDS}
+    allowed = {"metric", "model", "patch", "levels", "max_level", "cells", *KINDS}
     unknown = set(raw) - allowed
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
@@ -274,11 +284,15 @@ def _parse_rule(raw: Any, where: str) -> Rule:
         if not isinstance(levels, Sequence) or isinstance(levels, str):
             raise ConfigError(f"{where}.levels must be a list of numbers")
         levels = tuple(_number(x, f"{where}.levels") for x in levels)
+    cells = raw.get("cells", "*")
+    if cells not in ("*", *CELL_KINDS):
+        raise ConfigError(f"{where}.cells must be one of \"grid\", \"search\" or \"*\", got {cells!r}")
     return Rule(
         metric=str(raw["metric"]),
         model=str(raw.get("model", "*")),
         patch=str(raw.get("patch", "*")),
         levels=levels,
         max_level=_number(raw["max_level"], f"{where}.max_level") if "max_level" in raw else None,
+        cells=cells,
         **{k: _number(raw[k], f"{where}.{k}") for k in KINDS if k in raw},
     )
