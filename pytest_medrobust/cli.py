@@ -1,15 +1,24 @@
 """The ``medrobust`` console command.
 
     medrobust merge reports/shard-*/medrobust.json -o reports/merged
+    medrobust merge artifacts/ -o reports/merged
 
 merges the results JSONs of ``--medrobust-shard i/n`` runs into one results JSON with its HTML
-and Markdown reports. Shards must come from the same dataset fingerprint and seed; a cell
+and Markdown reports. A folder (downloaded CI artifacts) is searched for the shards' results
+(:func:`find_results`). Shards must come from the same dataset fingerprint and seed; a cell
 measured in two shards with different numbers is an error. Each shard must be whole and as its
 run wrote it: it lists the cells it was expected to measure (``summary.expected``), and its
 summary is recomputed from its cells; an incomplete, errored or edited shard is refused.
 
 Exit statuses: 0 the merged gate passes, 1 it fails, 4 a shard's verdict is ``error`` (a broken
 set-up, as pytest's exit 4), 2 bad usage or input (a malformed, incomplete or edited shard).
+
+    medrobust export reports/medrobust.json --csv cells.csv --plots plots --format svg
+    medrobust compare baseline/medrobust.json reports/medrobust.json
+
+``export`` writes a flat CSV, curve files and re-rendered reports from a saved run (exit 0, or 2
+on bad input); ``compare`` prints B - A per cell and gated metric (exit 0 when every shared cell
+has the same outcome, 1 when one differs, 2 on bad input). See reporting/export.py.
 """
 
 from __future__ import annotations
@@ -105,6 +114,8 @@ def _load(path: Path) -> dict[str, Any]:
     _expect(path, "config.shard", shard, shard is None or (match is not None and 1 <= int(match[1]) <= int(match[2])),
             "null or 'i/n' with 1 <= i <= n")
     _expect(path, "config.models", config.get("models"), isinstance(config.get("models", []), list), "a list")
+    if config.get("merged_from") is not None:
+        raise MedrobustError(f"{path}: the output of an earlier medrobust merge, not a shard's results: leave it out")
     _expect(path, "seed", data.get("seed"), _is_int(data.get("seed")), "an integer")
     for key in ("dataset", "models"):
         _expect(path, key, data.get(key), isinstance(data.get(key, {}), dict), "an object")
@@ -128,11 +139,32 @@ def _load(path: Path) -> dict[str, Any]:
     return data
 
 
+def _check_plan(path: Path, config: dict[str, Any]) -> None:
+    """A shard records what its cells were assigned from (sharding.plan): the method and each
+    model's estimated cost. Without it the shard's share cannot be rebuilt."""
+    from .sharding import PLAN_METHOD
+
+    plan: Any = config.get("shard_plan")
+    if plan is None:
+        raise MedrobustError(
+            f"{path}: field 'config.shard_plan' is missing: the shard does not record how the grid was split "
+            "(written by an older pytest-medrobust, or edited); rerun it"
+        )
+    _expect(path, "config.shard_plan", plan, isinstance(plan, dict), "an object")
+    _expect(path, "config.shard_plan.method", plan.get("method"), plan.get("method") == PLAN_METHOD, repr(PLAN_METHOD))
+    costs = plan.get("model_gflops")
+    models = config.get("models") or []
+    _expect(path, "config.shard_plan.model_gflops", costs, isinstance(costs, dict) and set(costs) == set(models) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in costs.values()
+    ), "a positive number for each model of config.models")
+
+
 def _assigned(path: Path, config: dict[str, Any]) -> set[str]:
     """The node ids of the cells the shard's configuration assigns to it, as collection does:
     what ``summary.expected`` must list when no cell was deselected (``-k``, ``-m``, ``--lf``)."""
     from .cells import cell_nodeid
-    from .items import cell_in_shard, model_cells
+    from .items import model_cells
+    from .sharding import assign
 
     def strings(key: str) -> list[str]:
         value: Any = config.get(key)
@@ -153,9 +185,19 @@ def _assigned(path: Path, config: dict[str, Any]) -> set[str]:
         isinstance(v, numbers) and not isinstance(v, bool) for v in search_levels)), "null or a list of numbers")
     cells = [c for m in models for c in model_cells(m, patches, levels, bool(search.get("enabled")), search_levels)]
     if config.get("shard"):
+        _check_plan(path, config)
+        examples: Any = search.get("max_examples")
+        _expect(path, "config.search.max_examples", examples, _is_int(examples) and examples >= 0, "an integer >= 0")
         index, _, count = str(config["shard"]).partition("/")
-        cells = [c for c in cells if cell_in_shard(c, int(index), int(count))]
+        # As collection assigned them (sharding.share_cells), from the plan the shard recorded.
+        shards = assign(cells, config["shard_plan"]["model_gflops"], int(count), examples)
+        cells = [c for c, s in zip(cells, shards, strict=True) if s == int(index)]
     return {cell_nodeid(c) for c in cells}
+
+
+def _grid(path: Path, config: dict[str, Any]) -> set[str]:
+    """Every cell of the configuration's grid, whatever its shard."""
+    return _assigned(path, {**config, "shard": None})
 
 
 def _check_shard_whole(path: Path, data: dict[str, Any]) -> None:
@@ -206,15 +248,34 @@ def _check_shard_whole(path: Path, data: dict[str, Any]) -> None:
         raise MedrobustError(f"{path}: its summary says {stored} but its cells give {actual}: the shard was edited")
 
 
+def _comparable(config: dict[str, Any]) -> Any:
+    """A shard's configuration as merge compares it with the others': without what differs between
+    the shards of one run (``shard``, ``shard_from``), and with absolute paths cut to their last
+    part, since each CI job checks the project out in a folder of its own (the dataset itself is
+    compared by its fingerprint)."""
+    def cut(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: cut(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [cut(v) for v in value]
+        if isinstance(value, str):
+            loader, sep, where = value.partition(":") if ":/" in value else ("", "", value)  # loader:/abs/path
+            if where.startswith("/"):
+                return f"{loader}{sep}{where.rstrip('/').rsplit('/', 1)[-1]}"
+        return value
+
+    return {k: cut(v) for k, v in config.items() if k not in ("shard", "shard_from")}
+
+
 def _check_shards_complete(shards: Sequence[tuple[Path, dict[str, Any]]]) -> None:
     """Every shard i/n of one n, each once, run with the same configuration."""
     seen: dict[int, Path] = {}
     counts = set()
     first_path, first = shards[0]
-    reference = {k: v for k, v in first["config"].items() if k != "shard"}
+    reference = _comparable(first["config"])
     for path, data in shards:
         config = data["config"]
-        if {k: v for k, v in config.items() if k != "shard"} != reference:
+        if _comparable(config) != reference:
             raise MedrobustError(f"{path}: its configuration differs from {first_path}'s (models, levels, thresholds, ...)")
         shard = config.get("shard")
         if not shard:
@@ -275,6 +336,10 @@ def merge_shards(paths: Sequence[Path]) -> tuple[dict[str, Any], list[dict[str, 
                     record["search"] = {**search, "picture_png_base64": base64.b64encode(file.read_bytes()).decode()}
             records[key] = record
             origins[key] = path
+    # Each shard holds its whole share; together the shares must be the whole grid.
+    absent = sorted(_grid(first_path, first["config"]) - expected)
+    if absent:
+        raise MedrobustError(f"cell {absent[0]} of the grid is in no shard given ({len(absent)} missing): merge every shard")
     _rejudge(first_path, first, records, origins)
     return first, list(records.values()), sorted(expected)
 
@@ -311,6 +376,51 @@ def _rejudge(path: Path, first: dict[str, Any], records: dict[str, dict[str, Any
             )
 
 
+def find_results(given: Path, output: Path | None = None) -> list[Path]:
+    """``given`` itself when it is a file; for a folder (downloaded shard artifacts, in any
+    layout), every shard results file under it, in sorted order.
+
+    A file named ``medrobust.json`` is a results file whatever it holds (a corrupt one is an
+    error, naming it); ``medrobust-error.json`` is a shard stopped by a set-up error (exit 4).
+    Another ``.json`` file is taken when it is pytest-medrobust's results (a renamed shard),
+    skipped when it is valid JSON of something else (a baseline, a package file), and an error
+    when it is not valid JSON: it may be a shard cut short. Other files (HTML, Markdown, pictures,
+    logs) are skipped, and so is anything under ``output``, where an earlier merge wrote."""
+    from .reporting.outputs import ERROR_FILE, RESULTS_FILE
+
+    if not given.is_dir():
+        if not given.exists():
+            raise MedrobustError(f"{given}: no such file or folder")
+        return [given]
+    skip = output.resolve() if output is not None else None
+    found: list[Path] = []
+    for path in sorted(p for p in given.rglob("*.json") if p.is_file()):
+        if skip is not None and path.resolve().is_relative_to(skip):
+            continue
+        if path.name == ERROR_FILE:
+            try:
+                message = json.loads(path.read_text(encoding="utf-8"))["summary"]["error"]
+            except (OSError, ValueError, KeyError, TypeError):
+                message = "(unreadable)"
+            first_line = str(message).strip().splitlines()[0] if str(message).strip() else "?"
+            raise ErroredShard(f"{path}: a shard stopped by a set-up error, no cell measured: {first_line}")
+        if path.name == RESULTS_FILE:
+            found.append(path)
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise MedrobustError(
+                f"{path}: not valid JSON ({exc}): it may be a shard's results cut short; fix or remove it"
+            ) from exc
+        tool = data.get("tool") if isinstance(data, dict) else None
+        if isinstance(tool, dict) and tool.get("name") == "pytest-medrobust" and "cells" in data:
+            found.append(path)
+    if not found:
+        raise MedrobustError(f"{given}: no shard results ({RESULTS_FILE}) found in the folder or below it")
+    return found
+
+
 def _merge(args: argparse.Namespace) -> int:
     from types import SimpleNamespace
 
@@ -319,9 +429,10 @@ def _merge(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise MedrobustError(f"-o/--output: {output} is a file, not a folder for the merged reports")
-    paths = [Path(p) for p in args.results]
+    paths = [found for given in args.results for found in find_results(Path(given), output)]
     first, records, expected = merge_shards(paths)
-    config = {**first["config"], "shard": None, "merged_from": [str(p) for p in paths]}
+    config = {**first["config"], "shard": None, "shard_from": None, "shard_plan": None,
+              "merged_from": [str(p) for p in paths]}
     settings = SimpleNamespace(
         seed=first["seed"], report_dir=output, baseline=SimpleNamespace(save_path=None), to_json=lambda: config
     )
@@ -337,18 +448,88 @@ def _merge(args: argparse.Namespace) -> int:
     return {"pass": EXIT_PASS, "fail": EXIT_FAIL, "error": EXIT_ERROR}.get(summary["verdict"], EXIT_USAGE)
 
 
+def _export(args: argparse.Namespace) -> int:
+    """``medrobust export RESULTS.json``: CSV, curve files, HTML and Markdown from a saved run."""
+    import time
+
+    from .reporting import export
+
+    path = Path(args.results)
+    results = export.load_results(path)
+    if not any((args.csv, args.plots, args.html, args.markdown, args.queries)):
+        raise MedrobustError("medrobust export: nothing to do: give --csv, --plots, --html, --markdown or --queries")
+
+    def timed(what: str, write: Any) -> None:
+        started = time.perf_counter()
+        try:
+            written = write()
+        except OSError as exc:
+            raise MedrobustError(f"{what}: cannot write: {exc}") from exc
+        for file in written:
+            print(f"wrote {file}")
+        print(f"{what}: {len(written)} file(s) in {time.perf_counter() - started:.2f} s")
+
+    if args.csv:
+        timed("--csv", lambda: [_written(Path(args.csv), export.cells_csv(results))])
+    if args.plots:
+        timed("--plots", lambda: export.write_curves(results, Path(args.plots), args.format))
+    if args.html or args.markdown:
+        html, markdown = (Path(args.html) if args.html else None), (Path(args.markdown) if args.markdown else None)
+        timed("--html/--markdown", lambda: export.rerender(results, html, markdown, path.parent))
+    if args.queries:
+        ids, cells = export.read_queries(Path(args.queries))
+        for line in export.broken_studies(ids, cells, results, k=args.k) or ["no study fell out of the top k"]:
+            print(line)
+    return EXIT_PASS
+
+
+def _written(path: Path, text: str) -> Path:
+    from .files import atomic_write
+
+    atomic_write(path, text)
+    return path
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """``medrobust compare A.json B.json``: the delta table; exit 1 when an outcome differs."""
+    from .reporting import export
+
+    a, b = export.load_results(Path(args.a)), export.load_results(Path(args.b))
+    lines, changed = export.compare_table(a, b, args.a, args.b)
+    print("\n".join(lines))
+    return EXIT_FAIL if changed else EXIT_PASS
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="medrobust",
         description="pytest-medrobust utilities",
-        epilog="exit status of merge: 0 pass, 1 gate fail, 4 a shard's verdict is error, 2 usage or bad input",
+        epilog="exit status of merge: 0 pass, 1 gate fail, 4 a shard's verdict is error, 2 usage or bad input; "
+        "of export: 0 written, 2 usage or bad input; of compare: 0 every shared cell has the same outcome, "
+        "1 some cell's outcome differs in B, 2 usage or bad input",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     merge = sub.add_parser("merge", help="merge shard results into one results JSON and report")
-    merge.add_argument("results", nargs="+", help="results JSON files of the shards")
+    merge.add_argument("results", nargs="+", help="results JSON files of the shards, or folders holding them")
     merge.add_argument("-o", "--output", default="reports", help="folder for the merged reports (default: reports)")
+    export = sub.add_parser("export", help="CSV, curve files, HTML or Markdown from a saved results JSON (no rerun)")
+    export.add_argument("results", help="a results JSON (reports/medrobust.json)")
+    export.add_argument("--csv", metavar="FILE", help="one row per cell x metric: value, interval, limits, verdict")
+    export.add_argument("--plots", metavar="DIR", help="a curve file per patch type x gated metric")
+    export.add_argument("--format", choices=("png", "svg"), default="png", help="curve file format (default: png)")
+    export.add_argument("--html", metavar="FILE", help="re-render the HTML report")
+    export.add_argument("--markdown", metavar="FILE", help="re-render the Markdown summary")
+    export.add_argument("--queries", metavar="JSONL", help="a --medrobust-per-query file: list the studies each cell broke")
+    export.add_argument("--k", type=int, default=5, help="with --queries: a study broke when it left the top k (default: 5)")
+    compare = sub.add_parser("compare", help="a table of per-cell deltas between two results JSONs (B - A)")
+    compare.add_argument("a", help="the results JSON to compare against (a baseline run)")
+    compare.add_argument("b", help="the results JSON to compare (this run)")
     args = parser.parse_args(argv)  # a usage error exits 2 (argparse)
     try:
+        if args.command == "export":
+            return _export(args)
+        if args.command == "compare":
+            return _compare(args)
         return _merge(args)
     except ErroredShard as exc:
         print(f"medrobust: error: {exc}", file=sys.stderr)

@@ -15,7 +15,8 @@ from pytest_medrobust.cli import main
 from tests.plugin.conftest import PYPROJECT
 from tests.plugin.fakes import MODELS, write_dataset
 
-# Every cell passes. The hash split puts levels 0.15 and 0.20 in shard 1/2, the rest in 2/2.
+# Every cell passes. The cost split puts levels 0.00 (which carries the model's clean pass and texts)
+# and 0.05 in shard 1/2, levels 0.10 to 0.25 in 2/2 (sharding.assign; tests/test_sharding.py).
 GATE = "models = ['oracle']\nlevels = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25]\nbootstrap = {resamples = 0}\n"
 
 # Interrupts the run (as Ctrl-C or SIGTERM does) when the second cell starts.
@@ -77,7 +78,7 @@ def test_an_interrupted_shard_is_refused(project, tmp_path, capsys):
     assert json.loads(second.read_text())["summary"]["verdict"] == "incomplete"
     code, err = merge([first, second], tmp_path / "merged", capsys)
     assert code == 2
-    assert f"{second}: the shard is incomplete" in err and "oracle-black_box-0.05" in err
+    assert f"{second}: the shard is incomplete" in err and "oracle-black_box-0.15" in err
     assert not (tmp_path / "merged").exists()
 
 
@@ -88,7 +89,7 @@ def test_a_shard_run_with_cells_deselected_is_refused(project, tmp_path, capsys)
     assert json.loads(second.read_text())["summary"]["verdict"] == "pass"  # of its one cell
     code, err = merge([first, second], tmp_path / "merged", capsys)
     assert code == 2
-    assert f"{second}: cell medrobust::oracle::test_recall[oracle-black_box-0.05] of shard 2/2 was not selected" in err
+    assert f"{second}: cell medrobust::oracle::test_recall[oracle-black_box-0.15] of shard 2/2 was not selected" in err
 
 
 def remove_cell(data):
@@ -103,7 +104,7 @@ def remove_cell_and_recount(data):
 
 def remove_cell_everywhere(data):
     remove_cell_and_recount(data)
-    data["summary"]["expected"].remove("medrobust::oracle::test_recall[oracle-black_box-0.05]")
+    data["summary"]["expected"].remove("medrobust::oracle::test_recall[oracle-black_box-0.15]")
 
 
 @pytest.mark.parametrize("change", [remove_cell, remove_cell_and_recount, remove_cell_everywhere])
@@ -111,7 +112,7 @@ def test_a_shard_with_a_cell_removed_is_refused(shards, tmp_path, capsys, change
     edit(shards[1], change)
     code, err = merge(shards, tmp_path / "merged", capsys)
     assert code == 2
-    assert f"{shards[1]}: cell medrobust::oracle::test_recall[oracle-black_box-0.05]" in err
+    assert f"{shards[1]}: cell medrobust::oracle::test_recall[oracle-black_box-0.15]" in err
 
 
 def test_an_edited_outcome_is_refused(project, tmp_path, capsys):
@@ -128,17 +129,19 @@ def test_an_edited_outcome_is_refused(project, tmp_path, capsys):
     def consistently(data):
         (cell,) = [c for c in data["cells"] if c["id"] == "oracle-black_box-0.15"]
         cell.update(outcome="passed", passed=True, failures=[])
-        data["summary"].update(passed=2, failed=0, verdict="pass")
+        outcomes = [c["outcome"] for c in data["cells"]]
+        failed = outcomes.count("failed")
+        data["summary"].update(passed=outcomes.count("passed"), failed=failed, verdict="fail" if failed else "pass")
         for summary in data["model_summaries"]:
             summary["failures"] = []
 
-    original = shards[0].read_text()
+    original = shards[1].read_text()
     for change in (outcome_only, consistently):
-        shards[0].write_text(original)
-        edit(shards[0], change)
+        shards[1].write_text(original)
+        edit(shards[1], change)
         code, err = merge(shards, tmp_path / "merged", capsys)
         assert code == 2, change.__name__
-        assert f"{shards[0]}: cell oracle-black_box-0.15: outcome 'passed'" in err, change.__name__
+        assert f"{shards[1]}: cell oracle-black_box-0.15: outcome 'passed'" in err, change.__name__
     assert not (tmp_path / "merged").exists()
 
 
@@ -182,7 +185,7 @@ def test_a_shard_whose_verdict_is_error_exits_4(shards, tmp_path, capsys):
     edit(shards[1], errored)
     code, err = merge(shards, tmp_path / "merged", capsys)
     assert code == 4
-    assert f"{shards[1]}: the shard's verdict is 'error'" in err and "oracle-black_box-0.00" in err
+    assert f"{shards[1]}: the shard's verdict is 'error'" in err and "oracle-black_box-0.10" in err
 
 
 def _set_config(value):
@@ -240,3 +243,110 @@ def test_a_path_traversal_cell_id_writes_nothing_outside_the_output(shards, tmp_
     code, err = merge(shards, output, capsys)
     assert code == 2 and f"{shards[1]}: cell {escaped}" in err
     assert [p for p in tmp_path.rglob("*.png") if not p.is_relative_to(shards[1].parent)] == []
+
+
+# --- medrobust merge DIR: a folder of downloaded artifacts (issue 15, item 4) -------------------
+
+
+def artifacts(shards: list[Path], folder: Path) -> Path:
+    """The layout actions/download-artifact gives: one folder per artifact, each a report folder."""
+    import shutil
+
+    for i, shard in enumerate(shards, start=1):
+        shutil.copytree(shard.parent, folder / f"medrobust-shard-{i}")
+    return folder
+
+
+def test_a_folder_of_artifacts_merges_and_skips_what_is_not_ours(shards, tmp_path, capsys):
+    folder = artifacts(shards, tmp_path / "downloaded")
+    (folder / "notes.md").write_text("# not ours\n")
+    (folder / "package.json").write_text('{"name": "something-else"}')
+    (folder / "medrobust-shard-1" / "baseline.json").write_text('{"kind": "medrobust-baseline", "cells": {}}')
+    code, err = merge([folder], folder / "merged", capsys)  # the output inside the folder, as in GitLab's reports/
+    assert (code, err) == (0, "")
+    by_files = tmp_path / "by-files"
+    assert merge(shards, by_files, capsys) == (0, "")
+    merged, expected = (json.loads((d / "medrobust.json").read_text()) for d in (folder / "merged", by_files))
+    assert merged["cells"] == expected["cells"] and merged["summary"] == expected["summary"]
+    assert merged["config"]["merged_from"] == [str(folder / f"medrobust-shard-{i}" / "medrobust.json") for i in (1, 2)]
+    # A second merge into the same output reads the shards again, not the first merge's output.
+    assert merge([folder], folder / "merged", capsys) == (0, "")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f: (f / "medrobust-shard-2" / "medrobust.json").write_text('{"schema": 1, "cel'),
+         "medrobust-shard-2/medrobust.json: cannot read a results JSON"),
+        (lambda f: (f / "medrobust-shard-2" / "stray.json").write_text('{"schema": 1, "cel'),
+         "medrobust-shard-2/stray.json: not valid JSON"),
+        (lambda f: (f / "medrobust-shard-2" / "medrobust.json").unlink(), "shard(s) 2 missing"),
+        (lambda f: [p.unlink() for p in f.rglob("medrobust.json")], "no shard results (medrobust.json) found"),
+    ],
+    ids=["cut-short", "stray-broken-json", "shard-missing", "empty"],
+)
+def test_a_folder_with_a_broken_or_missing_shard_is_refused_naming_it(shards, tmp_path, capsys, damage, message):
+    folder = artifacts(shards, tmp_path / "downloaded")
+    damage(folder)
+    code, err = merge([folder], tmp_path / "merged", capsys)
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "merged").exists()
+
+
+def test_a_folder_with_a_shard_stopped_by_a_set_up_error_exits_4(shards, tmp_path, capsys):
+    folder = artifacts(shards, tmp_path / "downloaded")
+    error = {"schema": 1, "tool": {"name": "pytest-medrobust"}, "cells": [],
+             "summary": {"verdict": "error", "error": "dataset manifest.csv: row 3: image missing\nmore"}}
+    (folder / "medrobust-shard-2" / "medrobust-error.json").write_text(json.dumps(error))
+    code, err = merge([folder], tmp_path / "merged", capsys)
+    assert code == 4
+    assert "medrobust-shard-2/medrobust-error.json: a shard stopped by a set-up error" in err
+    assert "row 3: image missing" in err
+
+
+def test_the_recorded_split_is_checked(shards, tmp_path, capsys):
+    """Each shard records what its share was computed from (config.shard_plan); merge rebuilds the
+    share from it, so a plan removed or edited is refused."""
+    original = [s.read_text() for s in shards]
+
+    def restore():
+        for shard, text in zip(shards, original, strict=True):
+            shard.write_text(text)
+
+    for shard in shards:  # as an older pytest-medrobust wrote them
+        edit(shard, lambda data: data["config"].pop("shard_plan"))
+    code, err = merge(shards, tmp_path / "merged", capsys)
+    assert code == 2 and f"{shards[0]}: field 'config.shard_plan' is missing" in err
+
+    restore()
+    edit(shards[1], lambda data: data["config"]["shard_plan"]["model_gflops"].update(oracle=99.0))
+    code, err = merge(shards, tmp_path / "merged", capsys)
+    assert code == 2 and f"{shards[1]}: its configuration differs from {shards[0]}'s" in err
+
+    restore()
+    for shard in shards:  # edited alike in both: the rebuilt shares no longer match what ran
+        edit(shard, lambda data: data["config"]["shard_plan"].update(method="count"))
+    code, err = merge(shards, tmp_path / "merged", capsys)
+    assert code == 2 and "field 'config.shard_plan.method': expected 'cost-cuts-1'" in err
+    assert not (tmp_path / "merged").exists()
+
+
+def test_shards_checked_out_in_other_folders_merge_but_not_other_datasets(shards, tmp_path, capsys):
+    """Each CI job checks the project out in a folder of its own: absolute paths in the config
+    differ and are compared by their last part (the data by its fingerprint)."""
+    def moved(name):
+        def change(data):
+            data["config"]["dataset"] = f"/builds/runner-7/0/group/project/{name}"
+        return change
+
+    edit(shards[1], moved("manifest.csv"))
+    assert merge(shards, tmp_path / "merged", capsys) == (0, "")
+    edit(shards[1], moved("other.csv"))
+    code, err = merge(shards, tmp_path / "merged-2", capsys)
+    assert code == 2 and f"{shards[1]}: its configuration differs" in err
+
+
+def test_the_output_of_a_merge_is_not_a_shard(shards, tmp_path, capsys):
+    assert merge(shards, tmp_path / "merged", capsys) == (0, "")
+    code, err = merge([*shards, tmp_path / "merged" / "medrobust.json"], tmp_path / "again", capsys)
+    assert code == 2 and "the output of an earlier medrobust merge, not a shard's results" in err
