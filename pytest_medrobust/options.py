@@ -61,11 +61,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("--medrobust-precision", "fp32 (default; auto means fp32), bf16 or fp16 autocast", "precision", "P"),
     Option("--medrobust-batch-size", "images per forward pass (default: 64)", "batch_size", "N"),
     Option("--medrobust-report-dir", "where reports are written (default: reports/)", "report_dir", "DIR"),
+    Option(
+        "--medrobust-per-query",
+        "also write medrobust-queries.jsonl: each study's rank of its own report and image, per cell",
+        flag_only=True,
+    ),
     Option("--medrobust-config", "a TOML file with a [tool.medrobust] table", metavar="FILE"),
     Option("--medrobust-cache-dir", "embedding cache (default: .medrobust_cache)", "cache_dir", "DIR"),
     Option("--medrobust-no-cache", "neither read nor write the cache", "cache", flag_only=True, convert=lambda on: not on),
     Option("--medrobust-cache-clear", "empty the cache before the run", flag_only=True),
-    Option("--medrobust-shard", "run the I-th of N stable shares of the grid (merge with `medrobust merge`)", "shard", "I/N"),
+    Option("--medrobust-shard", "run the I-th of N cost-balanced shares of the grid, or auto: from GitLab, SLURM or "
+           "Kubernetes variables (merge with `medrobust merge`)", "shard", "I/N|auto"),
     Option("--medrobust-bootstrap", "bootstrap resamples per cell for the intervals (default: 1000; 0 off)",
            "bootstrap.resamples", "N"),
     Option("--medrobust-baseline", "fail cells whose metrics fell against this saved baseline", "baseline.path", "PATH"),
@@ -85,6 +91,12 @@ OPTIONS: tuple[Option, ...] = (
         "search.max_examples",
         "N",
     ),
+    Option("--medrobust-sensitivity-images", "images per model in the occlusion sensitivity maps (default: off; 0 off)",
+           "sensitivity.images", "N"),
+    Option("--medrobust-sensitivity-window", "sensitivity window side in model input pixels (default: 1/8 of the side)",
+           "sensitivity.window", "PX"),
+    Option("--medrobust-sensitivity-stride", "sensitivity window step in pixels (default: half the window)",
+           "sensitivity.stride", "PX"),
 )
 
 

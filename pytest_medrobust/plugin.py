@@ -66,9 +66,91 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(gate, "medrobust-gate")
 
 
+def describe_cell(cell: Any) -> str:
+    """A cell in words, for progress lines: ``demo-plain: black_box over 20% of each image``."""
+    from .reporting.values import level_text
+
+    if cell.level <= 0:
+        what = "clean images"
+    else:
+        what = f"{cell.patch} over {level_text(cell.level)} of each image"
+    return f"{cell.model}: {what}" + (", searching for the worst placement" if cell.kind == "search" else "")
+
+
 def _dist_given(config: pytest.Config) -> bool:
     """Whether the user chose --dist explicitly (then it is kept as given)."""
     return any(a == "--dist" or a.startswith("--dist=") or a == "--distload" for a in config.invocation_params.args)
+
+
+class ProgressLine:
+    """Writes the running cell's progress lines (runner.Progress) past pytest's capture.
+
+    In-process, through pytest's terminal reporter, the way pytest ends a line of dots when a
+    new test file starts: the dot line is closed with its ``[ nn%]``, the progress line follows,
+    and before the next result the line's ``medrobust `` prefix is written again, so the dots
+    resume on a whole line of their own (with ``-v``, pytest writes the node id again). The dot
+    line is never cut. An xdist worker cannot reach the controller's terminal reporter: it writes
+    to the shared stderr only with ``-v`` (one result per line), and stays silent otherwise."""
+
+    def __init__(self, config: pytest.Config, is_worker: bool):
+        self.config, self.is_worker = config, is_worker
+        self.open = False  # a progress line is the terminal's current line
+        self.resume: Any = None  # the dot line's file, to write its prefix again
+
+    def write(self, text: str) -> None:
+        import sys
+
+        capture = self.config.pluginmanager.getplugin("capturemanager")
+        reporter = self.config.pluginmanager.getplugin("terminalreporter")
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            if self.is_worker or reporter is None:
+                if not self.is_worker or self.config.get_verbosity() > 0:
+                    sys.stderr.write("\n" + text if self.is_worker else text)
+                    sys.stderr.flush()
+                return
+            text = text.rstrip("\n")
+            where = reporter.currentfspath
+            dots = isinstance(where, Path) and reporter.verbosity <= 0
+            # The line holds only what pytest wrote as the test started (the file's prefix in
+            # dots mode, the node id with -v): there is nothing to close with a percentage.
+            bare = where not in (None, -2) and reporter._tw.width_of_current_line <= len(self._prefix(reporter, where)) + 1
+            if bare and reporter.isatty:
+                reporter.rewrite(text, erase=True)  # on a terminal, the bare prefix is overwritten
+            else:
+                if dots and not bare and reporter._show_progress_info:
+                    reporter._write_progress_information_filling_space()  # as pytest does between files
+                if where is not None:
+                    reporter.ensure_newline()
+                elif self.open:
+                    reporter._tw.line()
+                reporter._tw.write(text, flush=True)
+            if dots:
+                self.resume = where
+            reporter.currentfspath = None
+            self.open = True
+
+    @staticmethod
+    def _prefix(reporter: Any, where: Any) -> str:
+        """What pytest wrote at the start of the current line: a file's relative path, or a node id."""
+        if isinstance(where, Path):
+            from _pytest.pathlib import bestrelpath
+
+            return bestrelpath(reporter.startpath, where)
+        return str(where)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Before pytest writes a result after a progress line: a new line, and in dots mode the
+        file's prefix, as pytest itself starts a line of dots."""
+        # Only a report pytest writes a letter for (a passed setup or teardown writes none).
+        if not self.open or (report.when != "call" and report.passed):
+            return
+        reporter = self.config.pluginmanager.getplugin("terminalreporter")
+        self.open = False
+        if reporter is not None and self.resume is not None:  # with -v pytest writes the node id again
+            reporter._tw.line()
+            reporter._tw.write(self._prefix(reporter, self.resume) + " ")
+            reporter.currentfspath, self.resume = self.resume, None
 
 
 class GatePlugin:
@@ -89,7 +171,9 @@ class GatePlugin:
         self.previous_sigterm: Any = None
         config.stash[SETTINGS_KEY] = settings
         runner = GridRunner(settings)
-        runner.progress_writer = self._write_past_capture
+        self.progress = ProgressLine(config, self.is_worker)
+        config.pluginmanager.register(self.progress, "medrobust-progress")
+        runner.progress_writer = self.progress.write
         config.stash[RUNNER_KEY] = runner
         if config.getoption("medrobust_cache_clear") and not self.is_worker:
             runner.cache_root_clear()
@@ -155,18 +239,37 @@ class GatePlugin:
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         settings = self.settings
         dataset = settings.dataset or "bundled demo dataset (phantom chest X-rays)"
-        return [
+        lines = [
             f"medrobust: dataset {dataset}",
             f"medrobust: models {', '.join(settings.model_names)}; primary metric {settings.primary_metric}",
         ]
+        if settings.shard is not None:
+            from .sharding import header_line
 
-    def _write_past_capture(self, text: str) -> None:
-        import sys
+            lines.append(header_line(settings))
+        return lines
 
-        capture = self.config.pluginmanager.getplugin("capturemanager")
-        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-            sys.stderr.write(text)
-            sys.stderr.flush()
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_setup(self, item: pytest.Item):
+        from .runner import Progress
+
+        if isinstance(item, CellItem):
+            Progress.current = f"{item.cell.model}: loading the model and dataset"
+        try:
+            return (yield)
+        finally:
+            Progress.current = None
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item):
+        from .runner import Progress
+
+        if isinstance(item, CellItem):
+            Progress.current = describe_cell(item.cell)
+        try:
+            return (yield)
+        finally:
+            Progress.current = None
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection_modifyitems(self, session: pytest.Session, items: list[pytest.Item]) -> None:
@@ -174,10 +277,10 @@ class GatePlugin:
         grid = MedrobustGrid.from_parent(session, name=GRID_NODEID, nodeid=GRID_NODEID)
         cells: list[pytest.Item] = list(session.genitems(grid))
         if self.settings.shard is not None:
-            from .items import in_shard
+            from .sharding import share_cells
 
-            index, count = self.settings.shard
-            kept: list[pytest.Item] = [c for c in cells if isinstance(c, CellItem) and in_shard(c, index, count)]
+            share = share_cells(self.settings)
+            kept: list[pytest.Item] = [c for c in cells if isinstance(c, CellItem) and c.cell in share]
             session.config.hook.pytest_deselected(items=[item for item in cells if item not in kept])
             cells = kept
         items.extend(cells)
@@ -208,20 +311,48 @@ class GatePlugin:
                     report.extras = [*getattr(report, "extras", []), *extras_for(record)]
         return report
 
+    @pytest.hookimpl(trylast=True)  # after junitxml opened the case: system-out follows its failure
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         # On the controller this also sees every xdist worker's reports, attributes included.
         record = getattr(report, "medrobust", None)
         if record is not None:
             self.records.append(record)
+            if not self.is_worker:
+                self._junit_system_out(report, record)
+
+    def _junit_system_out(self, report: pytest.TestReport, record: dict[str, Any]) -> None:
+        """The cell's metrics on one line in its junit ``system-out`` (GitLab and Jenkins show it;
+        they ignore properties), and its mask picture as a GitLab attachment."""
+        import xml.etree.ElementTree as ET
+
+        from _pytest.junitxml import bin_xml_escape, xml_key
+
+        xml = self.config.stash.get(xml_key, None)
+        if xml is None:
+            return
+        from .reporting.outputs import picture_path
+        from .reporting.terminal import cell_line
+
+        text = cell_line(record)
+        if (record.get("search") or {}).get("picture_png_base64"):
+            picture = Path(self.settings.report_dir) / picture_path(str(record["id"]))
+            with contextlib.suppress(ValueError):
+                picture = picture.resolve().relative_to(self.config.rootpath.resolve())
+            text += f"\n[[ATTACHMENT|{picture}]]"  # GitLab's form: the file is written at session end
+        node = ET.Element("system-out")
+        node.text = bin_xml_escape(text)
+        xml.node_reporter(report).nodes.append(node)
 
     @pytest.hookimpl(tryfirst=True)  # before junitxml writes its file: the per-model properties
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.is_worker or self.config.option.collectonly:
             return
-        from .reporting.outputs import write_reports
+        from .reporting.outputs import RESULTS_FILE, write_reports
 
         hook = self.config.hook
         interrupted = exitstatus == pytest.ExitCode.INTERRUPTED or session.shouldstop
+        # Per-study ranks (--medrobust-per-query) go to a side file, not into the results JSON.
+        queries = {f"{r.get('kind')}:{r.get('id')}": r.pop("queries") for r in self.records if "queries" in r}
         self.results, self.written = write_reports(
             self.settings,
             self.records,
@@ -233,8 +364,14 @@ class GatePlugin:
                 for sections in hook.pytest_medrobust_html_sections(results=results, config=self.config)
                 for section in sections or []
             ],
+            dataset=self.config.stash[RUNNER_KEY].dataset,  # already loaded: for the example pictures
         )
         self._settle_superseded(bool(interrupted))
+        directory = Path(self.settings.report_dir)
+        if queries and directory / RESULTS_FILE in self.written:
+            from .reporting.export import QUERIES_FILE, write_queries
+
+            self.written.append(write_queries(self.results, queries, directory / QUERIES_FILE))
         self._junit_properties(self.results)
         if not self.expected and not self.records:
             return  # no grid cell selected (-k, --lf, an empty shard): pytest's status stands
@@ -279,18 +416,26 @@ class GatePlugin:
             occluded = summary["occluded_cells"]
             xml.add_global_property(f"medrobust.{name}.occluded_passed", f"{occluded['passed']}/{occluded['total']}")
 
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_terminal_summary(self, terminalreporter: Any):
+        # A wrapper that runs first wraps pytest's own: its code after the yield runs after
+        # pytest's short test summary, so the medrobust section is the last thing printed
+        # (before pytest's one-line "N failed, M passed" total).
+        result = yield
         if self.is_worker or not self.results or not (self.results["cells"] or self.results["summary"]["missing"]):
-            return
+            return result
         from .reporting.terminal import summary_lines
 
+        quiet = terminalreporter.verbosity < 0
         terminalreporter.section("medrobust")
-        for line in summary_lines(self.results, self.settings.primary_metric):
+        for line in summary_lines(self.results, self.settings.primary_metric, quiet=quiet):
             terminalreporter.write_line(line)
-        for path in self.written:
-            terminalreporter.write_line(f"wrote {path}")
+        if not quiet:
+            for path in self.written:
+                terminalreporter.write_line(f"wrote {path}")
         verdict = self.results["summary"]["verdict"]
         if self.settings.baseline.save_path is not None and verdict not in ("pass", "fail"):
             terminalreporter.write_line(
                 f"baseline NOT saved to {self.settings.baseline.save_path}: the run is {verdict}", red=True
             )
+        return result

@@ -1,7 +1,8 @@
 """Writing every report of a run, once, on the controller.
 
 ``medrobust.json`` (the results), ``medrobust.html`` (self-contained), ``medrobust.md`` (for a CI
-job summary), ``masks/<cell>.png`` (the minimal failing placement of each search cell) and, when
+job summary), ``masks/<cell>.png`` (the minimal failing placement of each search cell),
+``examples/<patch>-<level>.png`` (one example picture per patch type and level) and, when
 asked, the baseline file. Each file is written atomically.
 """
 
@@ -35,14 +36,14 @@ def is_safe_name(name: str) -> bool:
     return bool(_SAFE_NAME.fullmatch(name)) and ".." not in name
 
 
-def picture_path(cell_id: str) -> str:
-    """``masks/<cell id>.png``, relative to the report folder. An id that is not a plain file
+def picture_path(cell_id: str, folder: str = "masks") -> str:
+    """``<folder>/<cell id>.png``, relative to the report folder. An id that is not a plain file
     name (a user patch or model name with ``/`` or ``..``) is made one, with a hash of the id
     so that two such ids cannot collide: nothing is ever written outside the report folder."""
     if is_safe_name(cell_id):
-        return f"masks/{cell_id}.png"
+        return f"{folder}/{cell_id}.png"
     plain = re.sub(r"[^A-Za-z0-9_(),=+@-]+", "_", cell_id).strip("_")[:80]
-    return f"masks/{plain}-{hashlib.sha256(cell_id.encode()).hexdigest()[:10]}.png"
+    return f"{folder}/{plain}-{hashlib.sha256(cell_id.encode()).hexdigest()[:10]}.png"
 
 
 def _pictures(records: Sequence[dict[str, Any]], directory: Path) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
@@ -66,6 +67,24 @@ def _pictures(records: Sequence[dict[str, Any]], directory: Path) -> tuple[list[
     return out, pictures
 
 
+def _examples(results: dict[str, Any], directory: Path, load: Callable[[], Any] | None) -> dict[str, bytes]:
+    """Write one example picture per patch type x occluded level under ``examples/`` (see
+    :mod:`.examples`); ``results["examples"]`` lists them, ``results["examples_notes"]`` says
+    what has none and why."""
+    from .examples import EXAMPLES_DIR, examples_from_config
+
+    found = examples_from_config(results.get("config") or {}, results["seed"], load)
+    home = (directory / EXAMPLES_DIR).resolve()
+    for relative, data in found.files.items():
+        target = (directory / relative).resolve()
+        if not target.is_relative_to(home):  # a symlinked examples/, say
+            raise MedrobustError(f"example picture {target} would be written outside {directory / EXAMPLES_DIR}")
+        atomic_write(target, data)
+    results["examples"] = found.index
+    results["examples_notes"] = found.notes
+    return found.files
+
+
 def write_reports(
     settings: Any,
     records: Sequence[dict[str, Any]],
@@ -74,6 +93,7 @@ def write_reports(
     interrupted: bool = False,
     on_results: Callable[[dict[str, Any]], None] | None = None,
     extra_sections: Callable[[dict[str, Any]], Iterable[tuple[str, str]]] | None = None,
+    dataset: Callable[[], Any] | None = None,
 ) -> tuple[dict[str, Any], list[Path]]:
     """Build the results from the cell records and write the report files; returns both.
 
@@ -81,7 +101,8 @@ def write_reports(
     worker, an interrupted run) makes the verdict "incomplete", never "pass". A run whose every
     cell errored writes only ``medrobust-error.json``: the previous run's reports stay, rather
     than being replaced by an empty page. ``on_results`` and ``extra_sections`` are the
-    plugin hooks (see hookspecs)."""
+    plugin hooks (see hookspecs). ``dataset`` returns the run's dataset for the gallery's example
+    pictures (default: loaded from the configuration; none when it does not load)."""
     from .html import render_html
     from .markdown import render_markdown
 
@@ -99,10 +120,11 @@ def write_reports(
         write_results(results, directory / ERROR_FILE)
         return results, [directory / ERROR_FILE]
     results["cells"], pictures = _pictures(results["cells"], directory)
+    pictures.update(_examples(results, directory, dataset))
     write_results(results, directory / RESULTS_FILE)
     written.append(directory / RESULTS_FILE)
     sections = list(extra_sections(results)) if extra_sections is not None else []
-    atomic_write(directory / HTML_FILE, render_html(results, pictures=pictures, extra_sections=sections))
+    atomic_write(directory / HTML_FILE, render_html(results, pictures=pictures, extra_sections=sections, root=directory))
     written.append(directory / HTML_FILE)
     atomic_write(directory / MARKDOWN_FILE, render_markdown(results))
     written.append(directory / MARKDOWN_FILE)

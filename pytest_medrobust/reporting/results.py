@@ -2,7 +2,8 @@
 
 Stable fields (other tools build on them; add, never rename): ``schema``, ``seed``,
 ``dataset`` {name, n_images, n_unique_reports, sha256}, ``cells`` [{model, patch, level,
-n_images, metrics, thresholds, passed}], with recalls as fractions in [0, 1]. ``summary.verdict``
+n_images, metrics, thresholds, passed}], with recalls as fractions in [0, 1]; ``warnings`` is a
+list of sentences every report shows (the small-data warning). ``summary.verdict``
 is ``running`` while a run is under way (or after one was killed before it could finish).
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -17,11 +19,16 @@ from pathlib import Path
 from typing import Any, cast
 
 from .. import __version__
-from ..cells import CellRecord
+from ..cells import CellRecord, finite
 from ..files import atomic_write
 from ..gate import run_verdict, summarise
 
 SCHEMA = 1
+
+# Widest bootstrap interval of a gated metric that the reports take without a "small data"
+# warning (README, "Small data"): wider than this, a verdict mostly reflects which few studies
+# were drawn. 300 queries at R@5 = 0.5 give about 0.11; 20 queries give about 0.45.
+WIDE_INTERVAL = 0.2
 
 
 def environment(device: str | None) -> dict[str, Any]:
@@ -41,8 +48,12 @@ def environment(device: str | None) -> dict[str, Any]:
     return env
 
 
-def _cell_sort_key(cell: Mapping[str, Any], order: Mapping[str, int]) -> tuple:
-    return (order.get(cell["model"], 1 << 30), cell["model"], cell["patch"], cell.get("kind", "grid"), cell["level"])
+def _cell_sort_key(cell: Mapping[str, Any], order: Mapping[str, int], patches: Mapping[str, int]) -> tuple:
+    # Models and patch types in the configuration's order (every report shows them so).
+    return (
+        order.get(cell["model"], 1 << 30), cell["model"], patches.get(cell["patch"], 1 << 30), cell["patch"],
+        cell.get("kind", "grid"), cell["level"],
+    )
 
 
 def build_results(
@@ -62,8 +73,12 @@ def build_results(
     dataset: dict[str, Any] = {}
     models: dict[str, Any] = {}
     cells: list[CellRecord] = []
+    sensitivity: dict[str, Any] = {}  # per model (items.SensitivityItem): a diagnostic, not a cell
     for rec in records:
         rec = dict(rec)
+        if rec.get("kind") == "sensitivity":
+            sensitivity[str(rec["model"])] = rec.get("sensitivity") or {"error": rec.get("error")}
+            continue
         if rec.get("dataset"):
             dataset = rec.pop("dataset")
         else:
@@ -73,8 +88,9 @@ def build_results(
             models[rec["model"]] = card
         cells.append(cast(CellRecord, rec))
     order = {name: i for i, name in enumerate(config.get("models", []))}
-    cells.sort(key=lambda c: _cell_sort_key(c, order))
-    expected = sorted(set(expected or ()))
+    patch_order = {str(name): i for i, name in enumerate(config.get("patches") or [])}
+    cells.sort(key=lambda c: _cell_sort_key(c, order, patch_order))
+    expected = sorted({e for e in expected or () if "::test_sensitivity[" not in e})
     missing = sorted(set(expected) - {c.get("nodeid") for c in cells})
     scores = _model_scores(cells, config, missing, seed)
     model_failures = sum(bool(m["failures"]) for m in scores["models"])
@@ -92,7 +108,58 @@ def build_results(
         "model_summaries": scores["models"],
         "comparisons": scores["comparisons"],
         "summary": summary,
+        **({"sensitivity": dict(sorted(sensitivity.items(), key=lambda kv: (order.get(kv[0], 1 << 30), kv[0])))}
+           if sensitivity else {}),
+        "warnings": small_data_warnings(cells, config),
     }
+
+
+def gated_metrics(cell: Mapping[str, Any]) -> list[str]:
+    """The metrics a cell's thresholds judge (its ``thresholds`` keys), in their stored order."""
+    thresholds = cell.get("thresholds")
+    return [str(m) for m in thresholds] if isinstance(thresholds, Mapping) else []
+
+
+def failing_metrics(cell: Mapping[str, Any]) -> list[str]:
+    """The metrics named by a cell's failure messages (thresholds and baseline alike), in the
+    order of :func:`gated_metrics` first, then any other measured metric that a message names."""
+    failures = [str(f) for f in cell.get("failures") or []]
+    metrics = cell.get("metrics")
+    names = list(dict.fromkeys([*gated_metrics(cell), *(metrics if isinstance(metrics, Mapping) else [])]))
+    # A name counts only as a whole word: i2t_R@1 must not match inside i2t_R@10.
+    return [
+        m for m in names
+        if any(re.search(rf"(?<![\w@]){re.escape(m)}(?![\w@])", f) for f in failures)
+    ]
+
+
+def small_data_warnings(cells: Sequence[Mapping[str, Any]], config: Mapping[str, Any]) -> list[str]:
+    """One warning per gated metric whose bootstrap interval is wider than :data:`WIDE_INTERVAL`
+    in some cell: on so few queries the gate's verdict is mostly chance (README, "Small data")."""
+    confidence = float((config.get("bootstrap") or {}).get("confidence", 0.95))
+    wide: dict[str, list[tuple[float, str, Any]]] = {}
+    judged: dict[str, int] = {}
+    for cell in cells:
+        intervals = cell.get("intervals")
+        if not isinstance(intervals, Mapping):
+            continue
+        for metric in gated_metrics(cell):
+            bounds = intervals.get(metric)
+            if not isinstance(bounds, Sequence) or len(bounds) != 2 or not all(finite(b) for b in bounds):
+                continue
+            judged[metric] = judged.get(metric, 0) + 1
+            width = float(bounds[1]) - float(bounds[0])
+            if width > WIDE_INTERVAL:
+                wide.setdefault(metric, []).append((width, str(cell.get("id")), cell.get("n_images")))
+    out = []
+    for metric, found in wide.items():
+        width, cell_id, n = max(found)
+        out.append(
+            f"small data: the {confidence:.0%} bootstrap interval of {metric} is wider than {WIDE_INTERVAL:.2f} in "
+            f"{len(found)} of {judged[metric]} cells (widest {width:.2f}, {cell_id}, {n} queries): "
+            "a pass or fail there says little; use more studies"
+        )
+    return out
 
 
 def summarise_cells(
@@ -136,6 +203,7 @@ def running_results(*, seed: int, config: Mapping[str, Any]) -> dict[str, Any]:
         "cells": [],
         "model_summaries": [],
         "comparisons": [],
+        "warnings": [],
         "summary": {
             "cells": 0, "passed": 0, "failed": 0, "errors": 0, "missing": [], "expected": [],
             "complete": False, "verdict": "running",

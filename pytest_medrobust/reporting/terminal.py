@@ -1,14 +1,31 @@
-"""The table printed at the end of a run: per patch type, models x levels, one metric."""
+"""The medrobust section printed at the end of a run (after pytest's short test summary).
+
+Per patch type (in the configuration's order), a table of models x levels of one metric, each
+value marked ``+`` passed, ``x`` failed, ``E`` error; under a model's row, a ``worst`` row with
+the Hypothesis search cells. Then one verdict line per model, the warnings and the run's verdict.
+With ``-q`` only the verdict lines are printed.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
+from ..cells import level_key
 
-def summary_lines(results: Mapping[str, Any], metric: str) -> list[str]:
-    cells = [c for c in results["cells"] if c.get("kind", "grid") == "grid"]
-    searches = [c for c in results["cells"] if c.get("kind") == "search"]
+MARKS = {"passed": "+", "failed": "x"}  # anything else (error): "E"
+
+
+def summary_lines(results: Mapping[str, Any], metric: str, *, quiet: bool = False) -> list[str]:
+    """The section's lines; ``quiet`` (``-q``): only the per-model verdicts and the run's."""
+    summary = results["summary"]
+    verdict_line = (
+        f"gate {summary['verdict'].upper()}: {summary['passed']} passed, {summary['failed']} failed, "
+        f"{summary['errors']} errors of {summary['cells']} cells"
+    )
+    warnings = [f"warning: {w}" for w in results.get("warnings") or []]
+    if quiet:
+        return [*model_lines(results)[2:], *warnings, verdict_line]  # without the blank and the legend
     lines: list[str] = []
     dataset = results.get("dataset") or {}
     if dataset:
@@ -22,33 +39,8 @@ def summary_lines(results: Mapping[str, Any], metric: str) -> list[str]:
         lines += [f"  - {d.get('where')}: {d.get('reason')}" for d in dropped[:20]]
         if len(dropped) > 20:
             lines.append(f"  ... and {len(dropped) - 20} more (all in the results JSON)")
-    if cells:
-        lines.append(f"{metric} per cell (+ passed, x failed, E error):")
-    for patch in dict.fromkeys(c["patch"] for c in cells):
-        rows = [c for c in cells if c["patch"] == patch]
-        levels = sorted({c["level"] for c in rows})
-        models = list(dict.fromkeys(c["model"] for c in rows))
-        width = max(len(m) for m in models + [patch])
-        lines.append("")
-        lines.append(f"{patch:<{width}}  " + "  ".join(f"{lv:>7.2f}" for lv in levels))
-        for model in models:
-            by_level = {c["level"]: c for c in rows if c["model"] == model}
-            parts = []
-            for lv in levels:
-                c = by_level.get(lv)
-                parts.append(f"{'':>7}" if c is None else f"{_value(c, metric):>6}{_mark(c)}")
-            lines.append(f"{model:<{width}}  " + "  ".join(parts))
-    if searches:
-        lines.append("")
-        lines.append("worst-case placement search (Hypothesis):")
-        for c in searches:
-            search = c.get("search") or {}
-            found = search.get("description") or "no failing placement found"
-            value = search.get("value")
-            shown = f" {metric} = {value:.3f}" if isinstance(value, float) else ""
-            lines.append(f"  {c['id']} {_mark(c)}{shown}: {found}")
+    lines += _tables(results, metric)
     lines += model_lines(results)
-    summary = results["summary"]
     if summary.get("cache_corrupt"):
         lines += ["", f"{summary['cache_corrupt']} corrupt cache entr(ies) were found, recomputed and overwritten"]
     missing = summary.get("missing") or []
@@ -56,11 +48,33 @@ def summary_lines(results: Mapping[str, Any], metric: str) -> list[str]:
         lines.append("")
         lines.append(f"{len(missing)} selected cell(s) never reported (a crashed worker or an interrupted run):")
         lines += [f"  - {nodeid}" for nodeid in missing[:20]]
-    lines.append("")
-    lines.append(
-        f"gate {summary['verdict'].upper()}: {summary['passed']} passed, {summary['failed']} failed, "
-        f"{summary['errors']} errors of {summary['cells']} cells"
-    )
+    lines += ["", *warnings, verdict_line] if warnings else ["", verdict_line]
+    return lines
+
+
+def _tables(results: Mapping[str, Any], metric: str) -> list[str]:
+    cells = results["cells"]
+    if not cells:
+        return []
+    configured = [p for p in (results.get("config") or {}).get("patches") or [] if isinstance(p, str)]
+    patches = list(dict.fromkeys([*(p for p in configured if any(c["patch"] == p for c in cells)), *(c["patch"] for c in cells)]))
+    lines = [f"{metric} per cell (+ passed, x failed, E error; worst: the search's worst placement):"]
+    for patch in patches:
+        rows = [c for c in cells if c["patch"] == patch]
+        levels = sorted({level_key(c["level"]) for c in rows})
+        models = list(dict.fromkeys(c["model"] for c in rows))
+        width = max(len(m) for m in [*models, patch, "  worst"])
+        lines.append("")
+        lines.append(f"{patch:<{width}}  " + "  ".join(f"{lv:>7.2f}" for lv in levels))
+        for model in models:
+            for kind, label in (("grid", model), ("search", "  worst")):
+                by_level = {level_key(c["level"]): c for c in rows if c["model"] == model and c.get("kind", "grid") == kind}
+                if not by_level:
+                    continue
+                parts = [
+                    f"{_value(by_level[lv], metric):>6}{_mark(by_level[lv])}" if lv in by_level else " " * 7 for lv in levels
+                ]
+                lines.append(f"{label:<{width}}  " + "  ".join(parts).rstrip())
     return lines
 
 
@@ -92,9 +106,35 @@ def model_lines(results: Mapping[str, Any]) -> list[str]:
 
 
 def _value(cell: Mapping[str, Any], metric: str) -> str:
-    value = (cell.get("metrics") or {}).get(metric)
-    return "-" if value is None else f"{value:.3f}"
+    value = (cell.get("metrics") or {}).get(metric)  # a search cell's: its worst placement's
+    return "-" if not isinstance(value, (int, float)) else f"{value:.3f}"
 
 
 def _mark(cell: Mapping[str, Any]) -> str:
-    return {"passed": "+", "failed": "x"}.get(cell.get("outcome", ""), "E")
+    return MARKS.get(cell.get("outcome", ""), "E")
+
+
+def cell_line(cell: Mapping[str, Any]) -> str:
+    """One line about a cell (its junit ``system-out``): outcome, then each gated metric with
+    its interval, clean value and limits, ``✕`` on a failing one."""
+    from .results import failing_metrics
+
+    level = cell.get("level")
+    what = f"{cell.get('model')} {cell.get('patch')} {level * 100:g}%" if isinstance(level, (int, float)) else str(cell.get("id"))
+    head = f"{what}{' (worst-placement search)' if cell.get('kind') == 'search' else ''}: {str(cell.get('outcome')).upper()}"
+    if cell.get("outcome") == "error":
+        return f"{head}: {str(cell.get('error') or '').splitlines()[0][:200] if cell.get('error') else 'error'}"
+    metrics, intervals = cell.get("metrics") or {}, cell.get("intervals") or {}
+    failing = set(failing_metrics(cell))
+    parts = [head]
+    for metric, row in (cell.get("thresholds") or {}).items():
+        text = f"{metric} {metrics.get(metric, float('nan')):.3f}"
+        if metric in intervals:
+            text += f" [{intervals[metric][0]:.3f}, {intervals[metric][1]:.3f}]"
+        if "clean" in row:
+            text += f" clean {row['clean']:.3f}"
+        limits = [f"{kind} {row[kind]:g}" for kind in ("min", "max", "retention", "above_chance") if kind in row]
+        if limits:
+            text += f" (limits: {', '.join(limits)})"
+        parts.append(text + (" ✕" if metric in failing else ""))
+    return " · ".join(parts)

@@ -40,7 +40,7 @@ def test_each_model_gets_a_verdict_score_and_worst_cell(project):
     assert "  oracle    FAIL       score" in out
     # The same verdicts in the Markdown, the HTML and the junit file.
     markdown = (project.path / "reports" / "medrobust.md").read_text()
-    assert "| oracle | **FAIL** |" in markdown and "| constant | **FAIL** |" in markdown
+    assert "- ❌ **oracle** FAIL · score " in markdown and "- ❌ **constant** FAIL · score -" in markdown
     page = (project.path / "reports" / "medrobust.html").read_text()
     assert 'data-model="oracle" data-verdict="fail"' in page
     suite = ET.parse(project.path / "junit.xml").getroot().find("testsuite")

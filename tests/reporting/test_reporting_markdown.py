@@ -52,34 +52,42 @@ def test_one_table_per_patch_with_every_grid_cell(sample_results):
     text = render_markdown(sample_results)
     found = tables(text)
     patches = sample_results["config"]["patches"]
-    assert len(found) == len(patches) + 1  # + the search table
-    for patch, table in zip(patches, found[: len(patches)], strict=True):
-        assert f"### Patch `{patch}`" in text
+    assert len(found) == len(patches)  # the search cells sit under the grid values
+    for patch, table in zip(patches, found, strict=True):
         header = cells_of(table[0])
-        assert header == ["Model", "0% (clean)", "10%", "20%", "30%", "50%"]
+        assert header == [f"`{patch}`", "0% (clean)", "10%", "20%", "30%", "50%"]
         rows = {cells_of(r)[0]: cells_of(r)[1:] for r in table[2:]}
         assert set(rows) == {"demo\\-plain", "demo\\-robust"} or set(rows) == {"demo-plain", "demo-robust"}
         for cell in sample_results["cells"]:
-            if cell["kind"] != "grid" or cell["patch"] != patch:
+            if cell["patch"] != patch:
                 continue
-            shown = rows[escape_markdown(cell["model"])][header.index(
-                next(h for h in header if h.startswith(f"{round(cell['level'] * 100)}%"))) - 1]
+            column = header.index(next(h for h in header if h.startswith(f"{round(cell['level'] * 100)}%"))) - 1
+            parts = rows[escape_markdown(cell["model"])][column].split("<br>")
+            shown = next(p for p in parts if p.startswith("worst ") == (cell["kind"] == "search"))
+            if cell["kind"] == "search":
+                shown = shown.removeprefix("worst ")
             if cell["outcome"] == "error":
-                assert shown == "error ⚠️"
+                assert shown == "— ⚠️ error"
+            elif cell["outcome"] == "failed":
+                value, mark = shown.split(" ", 1)
+                assert value == f"{cell['metrics'][PRIMARY]:.3f}" and mark.startswith("✕ ")
+                assert PRIMARY.replace("_", "\\_") in mark or "t2i\\_R@5" in mark
             else:
-                icon = "✅" if cell["outcome"] == "passed" else "❌"
-                assert shown == f"{cell['metrics'][PRIMARY]:.3f} {icon}"
+                assert shown == f"{cell['metrics'][PRIMARY]:.3f}"
 
 
-def test_failing_cells_listed(sample_results):
+def test_failing_cells_listed_worst_first_the_rest_folded(sample_results):
     text = render_markdown(sample_results)
-    assert "### Failing cells (6)" in text
-    for cell in sample_results["cells"]:
-        listed = f"`{cell['id']}`" in text
-        assert listed == (cell["outcome"] in ("failed", "error"))
-    assert "worst placement: black\\_box at 30% centred at \\(0.25, 0.70\\) on every image" in text
-    assert "replay: `@reproduce_failure('6.170.17', b'AXicY2BgAAAAAwAB')`" in text
-    assert "RuntimeError: model forward pass failed" in text
+    failing = [c for c in sample_results["cells"] if c["outcome"] in ("failed", "error")]
+    assert f"### Worst of {len(failing)} failing cells" in text
+    head, folded = text.split("<details>", 1)
+    for cell in failing:
+        assert f"`{cell['id']}`" in text
+    shown = [line for line in head.splitlines() if line.startswith("- `")]
+    assert len(shown) == 3
+    assert "error: RuntimeError: model forward pass failed" in shown[0]  # errors first
+    assert folded.rstrip().endswith("</details>")
+    assert "**Full report:** [medrobust.html](medrobust.html)" in head
 
 
 def test_passing_run(make_results):
