@@ -8,7 +8,6 @@ with a message naming the cell, the metric, the value and the threshold.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -49,6 +48,8 @@ class ModelCells(pytest.Collector):
             # An explicit node id: pytest re-parses cached ids for --lf, and must find the same one;
             # medrobust merge rebuilds the same ids from a shard's config (cell_nodeid).
             yield kind.from_parent(self, name=cell_test_name(cell), nodeid=cell_nodeid(cell), cell=cell)
+        if settings.sensitivity.enabled and settings.shard is None:  # a diagnostic, not a share of the grid
+            yield SensitivityItem.for_model(self)
 
 
 def model_cells(
@@ -56,10 +57,13 @@ def model_cells(
 ) -> list[Cell]:
     """The cells of one model, in collection order: a grid cell per (patch, level), then, with the
     search on, a search cell per (patch, search level; by default every occluded level)."""
-    cells = [Cell(model, patch, level) for patch in patches for level in levels]
+    from .occlusion.regions import cell_levels, is_region_patch
+
+    # A region probe has no placement to search; inside/outside ones run at one level (occlusion/regions.py).
+    cells = [Cell(model, patch, level) for patch in patches for level in cell_levels(patch, levels)]
     if search:
         chosen = search_levels or tuple(lv for lv in levels if lv > 0)
-        cells += [Cell(model, patch, level, kind="search") for patch in patches for level in chosen]
+        cells += [Cell(model, patch, level, kind="search") for patch in patches if not is_region_patch(patch) for level in chosen]
     return cells
 
 
@@ -119,7 +123,8 @@ class CellItem(pytest.Item):
             "cached": measurement.cached,
             "cache_corrupt": measurement.cache_corrupt,
             "hits": runner.hits(measurement),
-            **(extra or {}),  # type: ignore[typeddict-item]
+            **(measurement.extra or {}),  # type: ignore[typeddict-item]
+            **(extra or {}),
         }
         passed = not record["failures"]
         record["passed"], record["outcome"], record["error"] = passed, "passed" if passed else "failed", None
@@ -130,9 +135,15 @@ class CellItem(pytest.Item):
         # Plain JSON values only (a user's card() may hold paths or numpy numbers): the record
         # travels to the xdist controller and into the results JSON.
         self.record = json.loads(json.dumps(record, default=str))
-        for name, value in measurement.metrics.items():
-            self.user_properties.append((f"medrobust.{name}", f"{value:.6f}"))
-        self.user_properties.append(("medrobust.passed", str(passed).lower()))
+        if self.config.getoption("medrobust_per_query", default=False):
+            # Per-study ranks for the side file (plugin: popped before the results JSON).
+            ranks = measurement.ranks
+            self.record["queries"] = {
+                "ids": [str(i) for i in runner.dataset().ids],
+                **{d: [int(r) for r in getattr(ranks, d).tolist()] for d in ("i2t", "t2i", "i2t_unique")},
+            }
+        # Properties travel with the report (xdist included) into the junit file.
+        self.user_properties += junit_properties(self.record, measurement.metrics)
         if not passed:
             raise GateFailure("\n".join(record["failures"]))
 
@@ -159,17 +170,57 @@ class WorstPlacementCell(CellItem):
         extra: dict[str, Any] = {"search": outcome.to_json()}
         if outcome.failed:
             from .reporting.pictures import render_mask_png
+            from .sensitivity import guides
 
-            image, mask, occluded = self.runner.mask_preview(self.cell, outcome.policy)
-            picture = render_mask_png(image, mask, occluded=occluded, scale=2, label=outcome.policy.describe())
+            shown = outcome.shown.policy
+            image, mask, occluded = self.runner.mask_preview(self.cell, shown.with_guides(guides(self.runner, self.cell.model)))
+            picture = render_mask_png(image, mask, occluded=occluded, scale=2, label=shown.describe())
             extra["search"]["picture_png_base64"] = base64.b64encode(picture).decode()
         try:
             self.finish(outcome.measurement, outcome.verdict, extra)
         except GateFailure as failure:
+            metric, worst = outcome.metric, outcome.worst
             raise GateFailure(
-                f"{failure}\nminimal failing placement: {outcome.policy.describe()} "
-                f"(placements evaluated: {outcome.evaluations})\nreplay:\n{outcome.replay}"
+                f"{failure}\nworst placement found: {worst.policy.describe()} ({metric} = "
+                f"{worst.measurement.metrics[metric]:.3f}; grid cell {outcome.grid_value:.3f}, guided "
+                f"{outcome.guided_value:.3f})\nminimal failing placement: {outcome.shown.policy.describe()} "
+                f"(placements evaluated: {outcome.evaluations} of a budget of {outcome.budget}"
+                f"{f', then {outcome.shrink_evaluations} while shrinking' if outcome.shrink_evaluations else ''})"
+                f"\nreplay:\n{_printed_replay(outcome)}"
             ) from None
+
+
+def _printed_replay(outcome: Any) -> str:
+    """The replay for the terminal: a per-image placement's snippet carries every image's guide,
+    too long to print; it stays in the results JSON."""
+    if outcome.worst.policy.mode in ("fixed", "grid"):
+        return str(outcome.replay)
+    command = str(outcome.replay).split("\n", 1)[0]
+    return command + "\n# the Python snippet, with every image's guide: search.replay in the results JSON"
+
+
+def junit_properties(record: dict[str, Any], metrics: dict[str, float]) -> list[tuple[str, str]]:
+    """A cell's junit properties: what it is (model, patch, level), every metric, and for each
+    gated metric its interval, threshold(s) and clean value (``medrobust.<metric>.lo`` ...)."""
+    props = [
+        ("medrobust.model", str(record["model"])),
+        ("medrobust.patch", str(record["patch"])),
+        ("medrobust.level", f"{record['level']:g}"),
+        ("medrobust.kind", str(record["kind"])),
+    ]
+    props += [(f"medrobust.{name}", f"{value:.6f}") for name, value in metrics.items()]
+    intervals = record.get("intervals") or {}
+    for metric, row in (record.get("thresholds") or {}).items():
+        if metric in intervals:
+            props += [(f"medrobust.{metric}.lo", f"{intervals[metric][0]:.6f}"),
+                      (f"medrobust.{metric}.hi", f"{intervals[metric][1]:.6f}")]
+        for kind in ("min", "max", "retention", "above_chance"):
+            if kind in row:
+                props.append((f"medrobust.{metric}.threshold.{kind}", f"{row[kind]:g}"))
+        if "clean" in row:
+            props.append((f"medrobust.{metric}.clean", f"{row['clean']:.6f}"))
+    props.append(("medrobust.passed", str(bool(record["passed"])).lower()))
+    return props
 
 
 def error_record(item: CellItem, report: pytest.TestReport) -> CellRecord:
@@ -193,17 +244,28 @@ def error_record(item: CellItem, report: pytest.TestReport) -> CellRecord:
     return record
 
 
-def in_shard(item: CellItem, index: int, count: int) -> bool:
-    """Whether a cell's item belongs to shard ``index`` of ``count`` (see :func:`cell_in_shard`)."""
-    return cell_in_shard(item.cell, index, count)
-
-
-def cell_in_shard(cell: Cell, index: int, count: int) -> bool:
-    """Whether a cell belongs to shard ``index`` of ``count`` (1-based): a hash of the cell, so
-    a cell stays in its shard when the grid grows or shrinks around it."""
-    digest = hashlib.sha256(f"{cell.kind}:{cell.id}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") % count == index - 1
-
-
 SETTINGS_KEY = pytest.StashKey["Settings"]()
 RUNNER_KEY = pytest.StashKey["GridRunner"]()
+
+
+class SensitivityItem(CellItem):
+    """The occlusion sensitivity maps of one model (``test_sensitivity[<model>]``, see
+    :mod:`pytest_medrobust.sensitivity`). Not a gate: it passes unless it cannot be computed; its
+    record goes to ``results["sensitivity"][<model>]``, not among the cells."""
+
+    test_name = "test_sensitivity"
+
+    @classmethod
+    def for_model(cls, parent: ModelCells) -> SensitivityItem:
+        settings: Settings = parent.config.stash[SETTINGS_KEY]
+        cell = Cell(parent.name, settings.sensitivity.patch, 0.0, kind="sensitivity")
+        name = f"{cls.test_name}[{parent.name}]"
+        return cls.from_parent(parent, name=name, nodeid=f"{parent.nodeid}::{name}", cell=cell)
+
+    def runtest(self) -> None:
+        from .sensitivity import run_model
+
+        summary = run_model(self.runner, self.cell.model)
+        record = {**self.base_record(), "outcome": "passed", "passed": True, "error": None, "failures": [],
+                  "metrics": {}, "search": None, "sensitivity": summary, "device": self.runner.device_name}
+        self.record = json.loads(json.dumps(record))

@@ -1,4 +1,6 @@
-"""Write the bundled phantom test split to fixtures/phantom (bit-for-bit reproducible).
+"""Write the bundled phantom test split to fixtures/phantom (bit-for-bit reproducible): the
+images, manifest.csv, and regions.csv (each study's lungs, heart, side marker and devices as
+boxes, for the region probes of docs/regions.md).
 
     python scripts/make_phantom_fixtures.py             # the shipped split: seed 0, 300 images, 128 px
     python scripts/make_phantom_fixtures.py --out /tmp/p --n 2000 --seed 7   # a bigger one elsewhere

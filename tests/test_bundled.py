@@ -123,3 +123,4 @@ def test_the_demo_passes_the_robust_model_and_fails_the_fragile_one_identically_
     strip = ("duration_s", "cached", "device")
     cells = [[{k: v for k, v in c.items() if k not in strip} for c in r["cells"]] for r in runs.values()]
     assert cells[0] == cells[1]
+    assert runs["0"]["sensitivity"] == runs["2"]["sensitivity"]  # the maps' sha256 included (docs/sensitivity.md)

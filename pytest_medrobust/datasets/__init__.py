@@ -88,4 +88,9 @@ def load_dataset(spec: str | None = None, **options: Any) -> Dataset:
     function = getattr(importlib.import_module(module_name), attr)
     if path is None and loader != "phantom":
         raise DatasetError(f"dataset loader {loader!r} needs a path, as '{loader}:/path/to/data'")
-    return function(path, **options) if path is not None else function(**options)
+    # Every loader takes ``regions`` (a box file) and ``regions_format``: see datasets/regions.py.
+    regions, regions_format = options.pop("regions", None), options.pop("regions_format", "auto")
+    dataset = function(path, **options) if path is not None else function(**options)
+    from .regions import attach_regions_option
+
+    return attach_regions_option(dataset, loader, regions, regions_format)

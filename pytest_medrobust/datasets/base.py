@@ -38,6 +38,8 @@ class Dataset:
     info: dict[str, Any] = field(default_factory=dict)
     # Where per-file hashes and decoded images are cached on disk (None: in-process only).
     cache_dir: Path | None = field(default=None, repr=False)
+    # Named regions per image (datasets/regions.py): image id -> {region name: RegionSpec}.
+    regions: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     _sha256: str | None = field(default=None, repr=False)
 
     @property

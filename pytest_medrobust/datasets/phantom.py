@@ -49,7 +49,9 @@ __all__ = [
     "describe_study",
     "findings_summary",
     "generate_study",
+    "regions_csv",
     "study_id",
+    "study_regions",
     "write_split",
 ]
 
@@ -1157,6 +1159,98 @@ def generate_study(seed: int, index: int, size: int = 128) -> PhantomStudy:
     return PhantomStudy(id=study_id(seed, index), image=out, findings=findings, report=report)
 
 
+# --------------------------------------------------------------------------------------------
+# Regions: where the anatomy, the marker and the devices of a study are (for shortcut probes)
+# --------------------------------------------------------------------------------------------
+
+REGION_NAMES = ("right_lung", "left_lung", "heart", "marker", "pacemaker", "central_line")
+_TILE = 32  # render pixels: a device (a thin line) is the union of its mask's boxes per tile
+
+
+def _bbox(mask: np.ndarray, top: int = 0, left: int = 0) -> tuple[int, int, int, int] | None:
+    """(c0, r0, c1, r1) of a boolean mask's True pixels, offset by (top, left); None when empty."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    return left + int(cols[0]), top + int(rows[0]), left + int(cols[-1]) + 1, top + int(rows[-1]) + 1
+
+
+def _tiled_boxes(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Boxes whose union is ``mask``'s extent per tile: tight around thin, long shapes."""
+    out = []
+    for r in range(0, mask.shape[0], _TILE):
+        for c in range(0, mask.shape[1], _TILE):
+            box = _bbox(mask[r : r + _TILE, c : c + _TILE], r, c)
+            if box is not None:
+                out.append(box)
+    return out
+
+
+def study_regions(seed: int, index: int, size: int = 128) -> list[tuple[str, float, float, float, float]]:
+    """Named boxes of study ``(seed, index)`` in its ``size`` image's pixels: (name, x0, y0, x1, y1).
+
+    Names: ``right_lung`` and ``left_lung`` (the patient's sides), ``heart`` (the cardiac
+    shadow), ``marker`` (the burnt-in side letter, the phantom's only burnt-in text), and, when
+    drawn, ``pacemaker`` and ``central_line`` (several boxes each, tight around the device).
+    Computed from the same random streams as :func:`generate_study` without changing them, so
+    the images stay bit-for-bit the same; the masks behind the boxes are the rendering's own
+    (lungs and heart: where their shapes are; marker and devices: where they were drawn)."""
+    find_rng, anat_rng, _, _ = _streams(seed, index)
+    findings = _sample_findings(find_rng)
+    a = _sample_anatomy(anat_rng, findings)
+    k = _render_factor(int(size))
+    R = int(size) * k
+    fr = _Frame(a, R)
+    S, Y, LEFT = np.abs(fr.sx), fr.y, fr.sx > 0
+    boxes: list[tuple[str, tuple[int, int, int, int]]] = []
+    for side, name in ((0, "right_lung"), (1, "left_lung")):
+        half = LEFT if side == 1 else ~LEFT
+        box = _bbox((_lung_dist(S, Y, a, side) > 0) & half)
+        if box is not None:
+            boxes.append((name, box))
+    in_height = (Y >= a.heart_top) & (Y <= a.heart_bot)
+    heart = in_height & np.where(LEFT, S < _medi_boundary(a, 1, Y), S < _medi_boundary(a, 0, Y))
+    box = _bbox(heart)
+    if box is not None:
+        boxes.append(("heart", box))
+    mark = Image.new("F", (R, R), 0.0)
+    r0, r1, c0, c1 = _draw_marker(ImageDraw.Draw(mark), a.marker, a.marker_xy, R)
+    glyph = _blur(np.asarray(mark, dtype=np.float32)[r0:r1, c0:c1], 0.35 * R / 256.0) > 0.02
+    box = _bbox(glyph, r0, c0)
+    if box is not None:
+        boxes.append(("marker", box))
+    for i, f in enumerate(findings):
+        if f.kind not in ("pacemaker", "central_line"):
+            continue
+        metal = Image.new("F", (R, R), 0.0)
+        draw = ImageDraw.Draw(metal)
+        g = a.fx[i]
+        if f.kind == "pacemaker":  # the same shapes as _render draws
+            gx, gy, gw, gh, gang = g["gen"]
+            th = np.linspace(0.0, 2.0 * math.pi, 32, endpoint=False)
+            ex = gw * np.sign(np.cos(th)) * np.abs(np.cos(th)) ** 0.4
+            ey = gh * np.sign(np.sin(th)) * np.abs(np.sin(th)) ** 0.4
+            poly = fr.to_px_array(gx + ex * math.cos(gang) - ey * math.sin(gang), gy + ex * math.sin(gang) + ey * math.cos(gang))
+            draw.polygon([tuple(p) for p in poly.tolist()], fill=3.0)
+            draw.line([fr.to_px(*p) for p in g["lead"]], fill=2.5, width=max(2, fr.width(g["lead_w"])), joint="curve")
+        else:
+            draw.line([fr.to_px(*p) for p in g["path"]], fill=2.5, width=max(2, fr.width(g["w"])), joint="curve")
+        drawn = _blur(np.asarray(metal, dtype=np.float32), 0.5 * R / 256.0) > 0.05
+        boxes += [(f.kind, b) for b in _tiled_boxes(drawn)]
+    return [(name, c0 / k, r0 / k, c1 / k, r1 / k) for name, (c0, r0, c1, r1) in boxes]
+
+
+def regions_csv(seed: int, n: int, size: int = 128) -> bytes:
+    """The regions of studies ``0 .. n-1`` in the plain box format of ``datasets/regions.py``."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["image", "region", "x_min", "y_min", "x_max", "y_max"])
+    for index in range(int(n)):
+        for name, x0, y0, x1, y1 in study_regions(seed, index, size):
+            writer.writerow([study_id(seed, index), name, *(f"{v:g}" for v in (x0, y0, x1, y1))])
+    return buf.getvalue().encode("utf-8")
+
+
 def _png_bytes(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buf, format="PNG", optimize=False,
@@ -1165,7 +1259,9 @@ def _png_bytes(image: np.ndarray) -> bytes:
 
 
 def write_split(out_dir: str | Path, *, seed: int, n: int, size: int = 128, split: str = "test") -> Path:
-    """Write ``n`` studies (indices ``0 .. n-1``) as ``out_dir/images/<id>.png`` plus ``out_dir/manifest.csv``.
+    """Write ``n`` studies (indices ``0 .. n-1``) as ``out_dir/images/<id>.png`` plus ``out_dir/manifest.csv``
+    and ``out_dir/regions.csv`` (:func:`regions_csv`: where each study's lungs, heart, marker and
+    devices are).
 
     The manifest has columns ``id,image,report,split`` (image paths relative to the manifest).
     PNGs are written with fixed settings, so the same arguments give byte-identical files. Each
@@ -1187,4 +1283,5 @@ def write_split(out_dir: str | Path, *, seed: int, n: int, size: int = 128, spli
         writer.writerow([study.id, rel, study.report, split])
     manifest = out / "manifest.csv"
     atomic_write(manifest, buf.getvalue().encode("utf-8"))
+    atomic_write(out / "regions.csv", regions_csv(seed, int(n), size))
     return manifest

@@ -80,6 +80,8 @@ def curve_of(cells: Sequence[CellRecord], model: str, metric: str) -> tuple[Curv
     (no clean cell or no occluded level with a value)."""
     by_patch: dict[str, dict[float, CellRecord]] = {}
     for cell in _grid_cells(cells, model):
+        if cell.get("region"):  # a region probe's level is not its occluded share (occlusion/regions.py)
+            continue
         if finite((cell.get("metrics") or {}).get(metric)):
             by_patch.setdefault(str(cell.get("patch")), {})[level_key(cell.get("level", 0.0))] = cell
     ordered: list[CellRecord] = []
@@ -148,7 +150,7 @@ def summarise_model(
         occluded_retention = np.concatenate([curve.retention(values, columns)[0, 1:] for columns in curve.columns])
         defined = occluded_retention[np.isfinite(occluded_retention)]
         summary["mean_retention"] = _number(defined.mean()) if defined.size else None
-    scored = [c for c in occluded if finite((c.get("metrics") or {}).get(metric))]
+    scored = [c for c in occluded if finite((c.get("metrics") or {}).get(metric)) and not c.get("region")]
     if scored:
         pick = max if lower_is_better(metric) else min
         worst = pick(scored, key=lambda c: float(c["metrics"][metric]))

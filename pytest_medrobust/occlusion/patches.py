@@ -174,10 +174,8 @@ class ConstantFill(Fill):
     OPTIONS = {"value": Option(0.0, intensity_or_mean, "intensity in [0, 1], or 'mean' for the dataset mean")}
 
     def apply(self, images, masks, seeds, options, stats):
-        value = _resolve_intensity(options["value"], stats)
-        for i, t, b, l, r in mask_regions(masks):
-            images[i, :, t:b, l:r].masked_fill_(masks[i, :, t:b, l:r], value)
-        return images
+        # One call for the whole batch: the same pixels as painting each image's crop.
+        return images.masked_fill_(masks, _resolve_intensity(options["value"], stats))
 
 
 def _generator(seed: int) -> torch.Generator:

@@ -15,6 +15,18 @@ a failing case can be shrunk to a simple, explainable one and replayed exactly:
   the patch's own option.
 * ``patch``, ``level`` -- optional labels: the patch specification and level the policy was
   drawn for (used by :meth:`describe` and :meth:`replay`, and checked by :meth:`plan`).
+* ``mode`` -- how the position is read (per-image placements, docs/sensitivity.md):
+
+  - ``fixed`` (default): ``(fy, fx)`` is the same relative position on every image;
+  - ``grid``: the grid cell's own seeded random placement (``fy``, ``fx``, ``jitter``, ``count``
+    unused), so a search can be compared with its grid cell on the very same masks;
+  - ``guided``: each image's occluder centred on its most sensitive window;
+  - ``region``: ``(fy, fx)`` (and the jitter) taken inside each image's sensitive region (the
+    bounding box of the windows that cost at least half as much as its most sensitive one).
+
+  ``guided`` and ``region`` need each image's :class:`~pytest_medrobust.sensitivity.Guide`:
+  bind them with :meth:`with_guides` (they are data of the model, not of the policy, and are not
+  part of its JSON; ``sensitivity.guides(runner, model)`` recomputes them).
 
 The policy is deterministic in its fields and the run's seed: ``plan`` gives every image the
 same mask on every run, worker and device, whatever the batch order.
@@ -25,7 +37,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -47,6 +59,9 @@ def _unit(name: str, value: Any) -> float:
     return value
 
 
+MODES = ("fixed", "grid", "guided", "region")
+_FIELDS = ("fy", "fx", "jitter", "count", "patch", "level", "mode")
+
 _V = {0.0: "top", 0.5: "middle", 1.0: "bottom"}
 _H = {0.0: "left", 0.5: "centre", 1.0: "right"}
 
@@ -61,8 +76,13 @@ class PlacementPolicy:
     count: int | None = None
     patch: str | None = None
     level: float | None = None
+    mode: str = "fixed"
+    # image id -> Guide (sensitivity.Guide) for the guided and region modes; not compared, not JSON.
+    guides: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise OcclusionError(f"placement policy: mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         object.__setattr__(self, "fy", _unit("fy", self.fy))
         object.__setattr__(self, "fx", _unit("fx", self.fx))
         object.__setattr__(self, "jitter", _unit("jitter", self.jitter))
@@ -96,6 +116,10 @@ class PlacementPolicy:
             raise OcclusionError(f"placement policy: count applies to multi-piece patches only, not {patch.name!r}")
         return patch, level
 
+    def with_guides(self, guides: Mapping[str, Any]) -> PlacementPolicy:
+        """This policy with every image's sensitivity guide bound (guided and region modes)."""
+        return replace(self, guides=guides)
+
     def position(self, rng: np.random.Generator) -> tuple[float, float]:
         """This image's (fy, fx): the policy's, moved by the jitter drawn from ``rng``."""
         if not self.jitter:
@@ -117,9 +141,38 @@ class PlacementPolicy:
         specs = []
         for image_id in ids:
             rng = np.random.default_rng(placement_seed(seed, image_id, patch.name, level))
+            if self.mode == "grid":  # exactly engine.plan_masks' seeded placement
+                specs.append(place_one(patch, level, height, width, rng))
+                continue
             fy, fx = self.position(rng)
-            specs.append(place_one(patch, level, height, width, rng, at=(fy, fx, self.count)))
+            spec = place_one(patch, level, height, width, rng, at=(fy, fx, self.count))
+            if self.mode != "fixed":
+                spec = self._centre_on(spec, self._anchor(image_id, fy, fx), height, width)
+            specs.append(spec)
         return specs
+
+    def _anchor(self, image_id: str, fy: float, fx: float) -> tuple[float, float]:
+        """The pixel the occluder is centred on in the guided and region modes."""
+        guide = (self.guides or {}).get(image_id)
+        if guide is None:
+            raise OcclusionError(
+                f"placement policy mode {self.mode!r} needs the sensitivity guide of image {image_id!r}; "
+                "bind them with with_guides(pytest_medrobust.sensitivity.guides(runner, model))"
+            )
+        if self.mode == "guided":
+            return guide.cy, guide.cx
+        top, left, bottom, right = guide.region
+        return top + fy * (bottom - top), left + fx * (right - left)
+
+    @staticmethod
+    def _centre_on(spec: MaskSpec, centre: tuple[float, float], height: int, width: int) -> MaskSpec:
+        """``spec`` moved so that its bounding box is centred on ``centre``, kept inside the image."""
+        box = spec.bbox()
+        if box is None:
+            return spec
+        top = min(max(int(round(centre[0] - box.height / 2.0)), 0), height - box.height)
+        left = min(max(int(round(centre[1] - box.width / 2.0)), 0), width - box.width)
+        return spec.shifted(top - box.top, left - box.left)
 
     # -- reporting ------------------------------------------------------------------------------
 
@@ -138,9 +191,16 @@ class PlacementPolicy:
         patch = patch or self.patch or "the occluder"
         level = level if level is not None else self.level
         text = f"{patch} at {level:.0%}" if level is not None else str(patch)
+        if self.mode == "grid":
+            return text + " at the grid cell's seeded random position on each image"
+        if self.mode == "guided":
+            return text + " centred on each image's most sensitive window"
         if self.count is not None:
             text += f" in {self.count} piece{'s' if self.count != 1 else ''}"
-        text += f" {self.where()} on every image"
+        if self.mode == "region":
+            text += f" {self.where()} within each image's sensitive region"
+        else:
+            text += f" {self.where()} on every image"
         if self.jitter:
             text += f", each moved by up to \u00b1{self.jitter:.2f}"
         return text
@@ -149,7 +209,10 @@ class PlacementPolicy:
         return self.describe()
 
     def to_json(self) -> dict:
-        return asdict(self)
+        data = {name: getattr(self, name) for name in _FIELDS}
+        if self.mode == "fixed":
+            del data["mode"]  # as policies were written before modes existed
+        return data
 
     @classmethod
     def from_json(cls, data: dict | str) -> PlacementPolicy:
@@ -160,7 +223,7 @@ class PlacementPolicy:
                 raise OcclusionError(f"placement policy: not JSON: {exc}") from None
         if not isinstance(data, dict):
             raise OcclusionError(f"placement policy: expected a JSON object, got {type(data).__name__}")
-        unknown = set(data) - {"fy", "fx", "jitter", "count", "patch", "level"}
+        unknown = set(data) - set(_FIELDS)
         if unknown:
             raise OcclusionError(f"placement policy: unknown field(s) {', '.join(sorted(unknown))}")
         return cls(**data)
@@ -171,8 +234,12 @@ class PlacementPolicy:
         patch: str | None = None,
         level: float | None = None,
         stats: Mapping[str, float] | None = None,
+        guides: Mapping[str, Any] | None = None,
     ) -> str:
         """A Python snippet that rebuilds this policy and occludes ``images`` (ids ``ids``) with it.
+
+        ``guides`` (guided and region modes): every image's sensitivity guide, written into the
+        snippet (one entry per image of the dataset) so that it needs no model to run.
 
         ``stats`` are the dataset statistics the cell filled with (``gray_box``, ``noise_box``):
         without them the snippet would fill with the 0.5 default, not what the cell measured."""
@@ -183,6 +250,15 @@ class PlacementPolicy:
             "from pytest_medrobust.occlusion import PlacementPolicy, occlude_with_policy",
             f"policy = {self!r}",
         ]
+        if self.mode in ("guided", "region"):
+            if guides is None:
+                raise OcclusionError(f"the replay of a {self.mode!r} policy needs every image's guide")
+            table = {str(k): (g.cy, g.cx, tuple(g.region)) for k, g in sorted(guides.items())}
+            lines += [
+                "from pytest_medrobust.sensitivity import Guide",
+                f"guides = {table!r}  # image id -> (centre y, centre x, sensitive region t, l, b, r), pixels",
+                "policy = policy.with_guides({k: Guide(*v) for k, v in guides.items()})",
+            ]
         call = f"occlude_with_policy(images, ids, policy, {patch!r}, {level!r}, seed={int(seed)}"
         if stats is not None:
             # repr() of a float reads back as the same float: the fill is bit for bit the cell's.

@@ -20,12 +20,15 @@ from .patches import (
     shuffle_box,
     white_box,
 )
+from .regions import region
 
 ENTRY_POINT_GROUP = "pytest_medrobust.patches"
 
 _BUILTIN: dict[str, PatchType] = {
     p.name: p for p in (black_box, white_box, gray_box, noise_box, blur_box, shuffle_box, grid_cutout, random_erase, annotation)
 }
+# Built-in patch types placed from the dataset (its regions), not at random: no place() of their own.
+_FROM_DATASET: dict[str, PatchType] = {region.name: region}
 _registered: dict[str, PatchType] = {}
 _entry_points_loaded = False
 
@@ -62,7 +65,7 @@ def _load_entry_points() -> None:
 
 def available_patches() -> list[str]:
     _load_entry_points()
-    return sorted({**_BUILTIN, **_registered})
+    return sorted({**_BUILTIN, **_FROM_DATASET, **_registered})
 
 
 _SPEC = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(?:\((.*)\))?\s*$", re.S)
@@ -71,7 +74,8 @@ _SPEC = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(?:\((.*)\))?\s*$", re.S)
 def parse_patch_spec(text: str) -> tuple[str, dict[str, Any]]:
     """``"grid_cutout(cells=4, fill='noise')"`` -> ``("grid_cutout", {"cells": 4, "fill": "noise"})``.
 
-    Option values are Python literals (numbers, strings, booleans, tuples, lists)."""
+    Option values are Python literals (numbers, strings, booleans, tuples, lists); a bare word is
+    a string (``region(name=heart)`` is ``region(name='heart')``)."""
     m = _SPEC.match(text)
     if m is None:
         raise OcclusionError(f"not a patch specification: {text!r} (expected name or name(option=value, ...))")
@@ -84,7 +88,8 @@ def parse_patch_spec(text: str) -> tuple[str, dict[str, Any]]:
         options: dict[str, Any] = {}
         for kw in call.keywords:
             assert kw.arg is not None  # a **mapping is not an option
-            options[kw.arg] = ast.literal_eval(kw.value)
+            # A bare word is its own text (region(name=heart)): no quotes inside a TOML string.
+            options[kw.arg] = kw.value.id if isinstance(kw.value, ast.Name) else ast.literal_eval(kw.value)
     except (SyntaxError, ValueError, AssertionError):
         raise OcclusionError(
             f"patch specification {text!r}: options must be option=literal pairs, e.g. grid_cutout(cells=4)"
@@ -116,7 +121,7 @@ def split_patch_specs(text: str) -> list[str]:
 
 def _lookup(name: str) -> PatchType:
     _load_entry_points()
-    patch = _registered.get(name) or _BUILTIN.get(name)
+    patch = _registered.get(name) or _BUILTIN.get(name) or _FROM_DATASET.get(name)
     if patch is None:
         raise OcclusionError(f"unknown patch type {name!r}; registered: {', '.join(available_patches())}")
     return patch

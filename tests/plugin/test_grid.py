@@ -190,7 +190,8 @@ def test_search_cell_shrinks_to_a_minimal_failing_placement_with_picture_and_rep
     search = cell["search"]
     assert search["failed"] is True
     assert search["value"] == cell["metrics"][search["metric"]]
-    assert search["placement"]["jitter"] == 0.0  # shrunk: no jitter needed to break it
+    assert search["minimal_failure"]["placement"]["jitter"] == 0.0  # shrunk: no jitter needed to break it
+    assert search["evaluations"] == search["budget"] == 10  # the whole budget, not the first failure
     assert (project.path / "reports" / search["picture"]).read_bytes().startswith(b"\x89PNG")
     assert "picture_png_base64" not in search
 
