@@ -2,11 +2,15 @@
 
     python benchmarks/bench_grid.py                 # demo models + random-weight ViT-B-32, N = 64..256
     python benchmarks/bench_grid.py --quick         # smaller N, fewer cells (a smoke run)
+    python benchmarks/bench_grid.py --only demo --sizes 64,256,1024,4096 --rounds 3
+    PYTHONPATH=/tmp/old python benchmarks/bench_grid.py ...   # the same against another version
 
 Everything is measured in one run, so the ratios compare like with like on a noisy machine:
 
 * harness overhead = wall time of the whole grid (decode, occlusion, forward passes, metrics,
-  bootstrap, thresholds) / the same forward passes timed alone (target <= 1.15);
+  bootstrap, thresholds) / the same forward passes timed alone, both towers warmed first; the
+  two are timed alternately, ``--rounds`` times, and the median ratio is reported (issue 15's
+  targets: <= 1.3 for the demo models, <= 1.05 for ViT-B-32);
 * warm / cold = a rerun with a warm embedding cache / the first run, both in fresh runners
   (target <= 0.1), and the same for the default `pytest --medrobust` grid as two subprocesses,
   process start-up included (target <= 0.5);
@@ -18,6 +22,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,6 +41,7 @@ from pytest_medrobust.models import ModelSpec
 from pytest_medrobust.runner import GridRunner
 
 ROOT = Path(__file__).resolve().parents[1]
+ROUNDS = 3
 LEVELS = (0.0, 0.1, 0.3, 0.5)
 
 
@@ -70,7 +77,8 @@ def forward_only(settings: Settings, cells: list[Cell]) -> float:
         model = runner.model(name)
         pixels = runner.pixels(model)
         texts = sorted(set(runner.dataset().reports))
-        model.encode_images(to_batch(pixels, slice(0, bs), runner.device))  # warm-up, untimed
+        model.encode_images(to_batch(pixels, slice(0, bs), runner.device))  # warm-up of both towers, untimed
+        model.encode_texts(texts[:bs])
         started = time.perf_counter()
         for i in range(0, len(texts), bs):
             model.encode_texts(texts[i : i + bs])
@@ -94,9 +102,15 @@ def bench(label: str, models: list[ModelSpec], n: int, size: int, patches: tuple
         cache_dir=work / f"cache-{label}-{n}",
     )
     cells = grid_cells([m.name for m in models], patches)
-    forward = forward_only(settings, cells)
-    cold = run_grid(settings, cells)
-    warm = run_grid(settings, cells)
+    rounds = []
+    for _ in range(ROUNDS):  # alternated, so a busy machine slows both sides alike
+        shutil.rmtree(settings.cache_dir, ignore_errors=True)
+        forward = forward_only(settings, cells)
+        cold = run_grid(settings, cells)
+        warm = run_grid(settings, cells)
+        rounds.append((forward, cold, warm))
+    forward, cold, warm = (statistics.median(r[i] for r in rounds) for i in range(3))
+    overheads = sorted(r[1] / r[0] for r in rounds)
     distinct = len({(c.model, c.patch if c.level else "", c.level) for c in cells})
     images = n * distinct
     row = {
@@ -106,13 +120,15 @@ def bench(label: str, models: list[ModelSpec], n: int, size: int, patches: tuple
         "forward_s": forward,
         "grid_cold_s": cold,
         "grid_warm_s": warm,
-        "overhead": cold / forward,
+        "overhead": statistics.median(overheads),
+        "overhead_range": (overheads[0], overheads[-1]),
         "warm_over_cold": warm / cold,
         "images_per_s": images / cold,
     }
     print(
         f"{label:>10} N={n:5d} cells={len(cells):3d} forward {forward:7.2f}s  grid cold {cold:7.2f}s  "
-        f"warm {warm:6.2f}s  overhead {row['overhead']:.3f}  warm/cold {row['warm_over_cold']:.3f}  "
+        f"warm {warm:6.2f}s  overhead {row['overhead']:.3f} ({overheads[0]:.2f}-{overheads[-1]:.2f})  "
+        f"warm/cold {row['warm_over_cold']:.3f}  "
         f"{row['images_per_s']:.0f} img/s",
         flush=True,
     )
@@ -138,7 +154,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--sizes", default=None, help="comma-separated N values")
+    parser.add_argument("--only", choices=("demo", "vit"), help="one of the two model sets")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated forward / grid rounds per point")
+    parser.add_argument("--no-default-grid", action="store_true", help="skip the two `pytest --medrobust` processes")
     args = parser.parse_args()
+    global ROUNDS
+    ROUNDS = args.rounds
     sizes = [int(x) for x in (args.sizes or ("32,64" if args.quick else "64,128,256")).split(",")]
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
@@ -148,15 +169,15 @@ def main() -> None:
         demo = [ModelSpec("demo-plain"), ModelSpec("demo-occaug")]
         vit = [ModelSpec("vit-b-32", factory="pytest_medrobust.models.clip:load_clip",
                          options={"model_name": "ViT-B-32", "pretrained": None})]
-        for n in sizes:
+        for n in sizes if args.only in (None, "demo") else ():
             rows.append(bench("demo", demo, n, 128, ("black_box", "noise_box"), work))
-        for n in sizes:
+        for n in sizes if args.only in (None, "vit") else ():
             rows.append(bench("ViT-B-32", vit, n, 224, ("black_box",), work))
         for label in ("demo", "ViT-B-32"):
             mine = [r for r in rows if r["label"] == label]
             per_image = ", ".join(f"N={r['n']}: {1000 * r['grid_cold_s'] / r['n']:.1f} ms/img" for r in mine)
             print(f"{label}: wall time per image as N grows (flat = linear): {per_image}")
-        if not args.quick:
+        if not args.quick and not args.no_default_grid:
             cold, warm = pytest_default_grid(work)
             print(f"default `pytest --medrobust-only` grid (two processes): cold {cold:.1f}s, warm {warm:.1f}s, "
                   f"warm/cold {warm / cold:.3f}")

@@ -12,9 +12,11 @@ Ranks are 1-based and ties are broken *against* the model: every candidate that 
 as high as the true match ranks ahead of it, so a constant model gets the worst rank, never a
 lucky one. ``R@k`` is the share of queries whose rank is <= k.
 
-Scores are computed in chunks on the embeddings' device, so N = 10k needs O(chunk x N) memory,
-never N x N on the host. Every true-match score is read from the same matrix product as the
-scores it is compared with, so identical reports tie exactly.
+Scores are computed in chunks on the embeddings' device, so memory is O(chunk x max(N, U)), never
+N x N: no intermediate holds more than chunk x max(N, U) elements (tests/test_memory.py), and the
+few alive at once (a score block, its comparisons, a row gather) stay near 20 x chunk x max(N, U)
+bytes beside the embeddings (benchmarks/bench_memory.py). Every true-match score is read from
+the same matrix product as the scores it is compared with, so identical reports tie exactly.
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ def compute_ranks(
 
     i2t = torch.empty(n, dtype=torch.long, device=device)
     i2t_unique = torch.empty(n, dtype=torch.long, device=device)
+    # Every report unique: the paired rank counts the same candidates as the unique-text one.
+    all_unique = texts.shape[0] == n and bool((multiplicity == 1).all())
     for start in range(0, n, chunk_size):
         stop = min(start + chunk_size, n)
         scores = images[start:stop] @ texts.T  # (c, U)
@@ -83,23 +87,33 @@ def compute_ranks(
         # includes the true report itself; a NaN true score counts every candidate as ahead
         ahead = (scores >= true) | true.isnan()
         i2t_unique[start:stop] = ahead.sum(dim=1)
+        del scores
         # Paired protocol: the true report is one of the N candidates, and every other
         # candidate with a score >= the true one ranks ahead; a duplicate of the true string
         # scores exactly the same and so ranks ahead too.
-        i2t[start:stop] = (ahead.to(images.dtype) @ multiplicity).round().long()
+        if not all_unique:
+            i2t[start:stop] = (ahead.to(images.dtype) @ multiplicity).round().long()
+        del ahead
+    if all_unique:
+        i2t.copy_(i2t_unique)
 
     t2i = torch.empty(n, dtype=torch.long, device=device)
-    for start in range(0, texts.shape[0], chunk_size):
+    order = torch.argsort(owner, stable=True)  # the paired reports, grouped by their string
+    bounds = torch.searchsorted(owner[order], torch.arange(0, texts.shape[0] + chunk_size, chunk_size, device=device))
+    for c, start in enumerate(range(0, texts.shape[0], chunk_size)):
         stop = min(start + chunk_size, texts.shape[0])
         scores = texts[start:stop] @ images.T  # (c, N): unique report -> every image
-        queries = torch.nonzero((owner >= start) & (owner < stop)).squeeze(1)
-        # Many paired reports may share one string; bound the (queries x N) comparison.
-        step = max(1, (chunk_size * chunk_size) // max(n, 1))
+        queries = order[int(bounds[c]) : int(bounds[c + 1])]
+        # Many paired reports may share one string: their score rows are gathered at most as
+        # many at a time as the score block has (a few unique reports, many images: few rows).
+        step = stop - start
         for q0 in range(0, queries.numel(), step):
             q = queries[q0 : q0 + step]
-            rows = scores[owner[q] - start]  # (q, N)
-            true = rows[torch.arange(q.numel(), device=device), q].unsqueeze(1)
-            t2i[q] = ((rows >= true) | true.isnan()).sum(dim=1)
+            picked = scores[owner[q] - start]  # (q, N)
+            true = picked[torch.arange(q.numel(), device=device), q].unsqueeze(1)
+            t2i[q] = ((picked >= true) | true.isnan()).sum(dim=1)
+            del picked
+        del scores
     return Ranks(i2t=i2t.cpu(), t2i=t2i.cpu(), i2t_unique=i2t_unique.cpu())
 
 

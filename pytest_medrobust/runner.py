@@ -9,9 +9,11 @@ settings, the data and the weights: the same on every worker and every run.
 from __future__ import annotations
 
 import os
+import queue
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +40,7 @@ class Measurement:
     intervals: dict[str, list[float]] | None = None
     cached: bool = False  # image embeddings read from the on-disk cache
     cache_corrupt: int = 0  # corrupt cache entries found (and recomputed) for this measurement
+    extra: dict[str, Any] | None = None  # more keys for the cell's record (a region probe's "region")
 
 
 def _call(name: str, method: str, encode: Callable[[Any], Any], batch: Any) -> Any:
@@ -152,6 +155,57 @@ def check_widths(model: str, images: torch.Tensor, texts: torch.Tensor) -> None:
 # and a Hypothesis placement policy both fit this shape.
 Occluder = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]
 
+# Planned masks kept for reuse by the next model of the same input size (masks do not depend on
+# the model): at most this many images' masks in all, about 100 MB of box masks.
+PLAN_CACHE_IMAGES = 250_000
+
+
+def prefetch(batches: Iterator[Any], depth: int = 1) -> Iterator[Any]:
+    """``batches``, produced by a background thread ``depth`` items ahead of the consumer: the
+    next batch is decoded, moved and occluded while the current one runs through the model.
+
+    The items and their order are those of ``batches`` (every batch is a pure function of its
+    images and ids, so the numbers do not depend on the overlap). An exception in the producer
+    is raised in the consumer, as it was raised; a consumer that stops early stops the producer."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def offer(entry: tuple[BaseException | None, Any]) -> bool:
+        """Queue ``entry`` unless the consumer has stopped (then never block: it is gone)."""
+        while not stop.is_set():
+            try:
+                items.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            with torch.inference_mode():  # thread-local: the producer enters it itself
+                for item in batches:
+                    if not offer((None, item)):
+                        return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            offer((exc, None))
+            return
+        offer((None, done))
+
+    worker = threading.Thread(target=produce, name="medrobust-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            error, item = items.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
 
 class GridRunner:
     def __init__(self, settings: Settings):
@@ -162,7 +216,8 @@ class GridRunner:
         self._models: dict[str, RetrievalModel | BaseException] = {}
         self._texts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._pixels: dict[tuple, torch.Tensor] = {}
-        self._stats: dict[str, dict[str, float]] = {}
+        self._stats: dict[tuple, dict[str, float]] = {}  # pixels key -> intensity statistics
+        self._plans: dict[tuple, dict[str, Any]] = {}  # (patch, level, seed, H, W) -> image id -> mask
         self._measured: dict[tuple, Measurement] = {}
         self._specs = {m.name: m for m in settings.models}
         self._baseline: Any = None
@@ -298,27 +353,36 @@ class GridRunner:
             self._found_corrupt(name, self.cache.last_corrupt)
         return value
 
-    def pixels(self, model: RetrievalModel) -> torch.Tensor:
-        """The dataset at the model's input size (uint8 N x H x W), decoded once per geometry."""
-        prepare = getattr(model, "prepare_image", None)
+    def _pixels_key(self, model: RetrievalModel) -> tuple:
         # A model with its own prepare_image gets its own entry; the generic geometry is shared.
-        height, width = model.input_size
-        key = ("model", id(model)) if prepare else ((height, width), model.geometry)
+        if getattr(model, "prepare_image", None):
+            return ("model", id(model))
+        return (tuple(model.input_size), model.geometry)
+
+    def pixels(self, model: RetrievalModel) -> torch.Tensor:
+        """The dataset at the model's input size (uint8 N x H x W), decoded once per geometry.
+
+        With the cache on, a memory map of the decoded-image cache entry: the images are held
+        once, by the page cache, not copied per cell or per model (batches are staged for the
+        GPU one at a time by ``to_batch``)."""
+        key = self._pixels_key(model)
         if key not in self._pixels:
             cache_dir = self.settings.cache_dir / "decoded" if self.settings.cache else None
-            pixels = decode_dataset(
-                self.dataset(), (height, width), model.geometry, prepare, cache_dir=cache_dir,
-                on_corrupt=lambda where: self._found_corrupt(self._name_of(model), where),
+            height, width = model.input_size
+            self._pixels[key] = decode_dataset(
+                self.dataset(), (height, width), model.geometry, getattr(model, "prepare_image", None),
+                cache_dir=cache_dir, on_corrupt=lambda where: self._found_corrupt(self._name_of(model), where),
             )
-            # Pinned host memory lets the copies to the GPU run asynchronously.
-            self._pixels[key] = pixels.pin_memory() if self.device.type == "cuda" else pixels
         return self._pixels[key]
 
     def image_stats(self, name: str) -> dict[str, float]:
-        """Dataset intensity mean and std at the model's input size, for fills such as gray_box."""
-        if name not in self._stats:
-            self._stats[name] = occlusion.ImageStats().update(self.pixels(self.model(name))).as_dict()
-        return self._stats[name]
+        """Dataset intensity mean and std at the model's input size, for fills such as gray_box
+        (computed once per decoded geometry, whichever model asks)."""
+        model = self.model(name)
+        key = self._pixels_key(model)
+        if key not in self._stats:
+            self._stats[key] = occlusion.ImageStats().update(self.pixels(model)).as_dict()
+        return self._stats[key]
 
     def preflight(self, *, distributed: bool) -> None:
         """Everything a cell needs, checked once before the grid runs, so a broken set-up is one
@@ -328,6 +392,7 @@ class GridRunner:
         so here each model is built on the CPU once and dropped: that costs one extra load per
         model, the price of learning about a broken model before any worker starts."""
         self.dataset()
+        occlusion.regions.check_region_patches(self.settings.patches, self.dataset())
         self.baseline()
         for spec in self.settings.models:
             if distributed:
@@ -400,18 +465,26 @@ class GridRunner:
             self._texts[name] = (embeddings.to(self.device), index)
         return self._texts[name]
 
+    def occluded_batches(self, name: str, occluder: Occluder) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """``(start, stop, batch)`` for every batch of the dataset: uint8 pixels taken from the
+        (memory-mapped) decoded images, moved to the model's device, turned into floats there and
+        occluded there by ``occluder``."""
+        pixels = self.pixels(self.model(name))
+        ids = self.dataset().ids
+        device = self.device
+        bs = self.settings.batch_size
+        for start in range(0, len(ids), bs):
+            stop = min(start + bs, len(ids))
+            yield start, stop, occluder(to_batch(pixels, slice(start, stop), device), ids[start:stop])
+
     def image_embeddings(self, name: str, occluder: Occluder, label: str) -> torch.Tensor:
         @torch.inference_mode()
         def compute() -> torch.Tensor:
             model = self.model(name)
-            pixels = self.pixels(model)
-            ids = self.dataset().ids
-            bs = self.settings.batch_size
-            progress = Progress(f"{name} {label}", len(ids), self.progress_writer)
+            progress = Progress(f"{name} {label}", len(self.dataset().ids), self.progress_writer)
             out = []
-            for start in range(0, len(ids), bs):
-                stop = min(start + bs, len(ids))
-                batch = occluder(to_batch(pixels, slice(start, stop), self.device), ids[start:stop])
+            # The next batch is occluded in a background thread while this one is encoded.
+            for _, stop, batch in prefetch(self.occluded_batches(name, occluder)):
                 out.append(self._forward(name, "encode_images", model.encode_images, batch))
                 progress.update(stop)
             return torch.cat(out)
@@ -439,14 +512,13 @@ class GridRunner:
     def measure(self, name: str, patch: str, level: float) -> Measurement:
         """The grid's seeded random placement; the clean level is shared by every patch type."""
         key = (name, patch if level > 0 else "", level)
+        if key not in self._measured and level > 0 and occlusion.regions.is_region_patch(patch):
+            self._measured[key] = occlusion.regions.measure_region(self, name, patch, level)
         if key not in self._measured:
             seed = self.settings.seed
             if level > 0:
                 label = f"{occlusion.patch_label(occlusion.make_patch(patch))}|level={level:.{LEVEL_DECIMALS}f}|seed={seed}"
-                stats = self.image_stats(name)
-
-                def occluder(images: torch.Tensor, ids: Sequence[str]) -> torch.Tensor:
-                    return occlusion.occlude(images, ids, patch, level, seed, stats=stats, inplace=True)[0]
+                occluder = self._seeded_occluder(name, patch, level, seed)
 
             else:
                 label = "clean"
@@ -456,6 +528,28 @@ class GridRunner:
 
             self._measured[key] = self.measure_with(name, occluder, label)
         return self._measured[key]
+
+    def _seeded_occluder(self, name: str, patch: str, level: float, seed: int) -> Occluder:
+        """The grid's seeded random placement as an occluder. Its masks are planned once per
+        input size and reused by every model of that size; the dataset statistics (for fills
+        such as gray_box) are computed only when a batch is occluded, never for a cache hit."""
+        made = occlusion.make_patch(patch)
+        height, width = self.model(name).input_size
+        key = (occlusion.patch_label(made), round(level, 9), seed, height, width)
+        n = len(self.dataset().ids)
+        if key not in self._plans and sum(map(len, self._plans.values())) + n > PLAN_CACHE_IMAGES:
+            self._plans.clear()  # bounded: a very large dataset plans again for the next model
+        plans = self._plans.setdefault(key, {})
+
+        def occluder(images: torch.Tensor, ids: Sequence[str]) -> torch.Tensor:
+            todo = [i for i in dict.fromkeys(ids) if i not in plans]
+            if todo:
+                plans.update(zip(todo, occlusion.plan_masks(made, level, todo, height, width, seed), strict=True))
+            specs = [plans[i] for i in ids]
+            stats = self.image_stats(name)
+            return occlusion.apply_masks(images, ids, specs, made, level, seed, stats=stats, inplace=True)
+
+        return occluder
 
     def clean(self, name: str) -> Measurement:
         return self.measure(name, "", 0.0)
@@ -539,11 +633,15 @@ class GridRunner:
 
 
 class Progress:
-    """Throughput lines for long encodes: the first after 10 s, then at most every 30 s, so CI
-    logs stay short. The plugin routes them past pytest's capture to the process's stderr, which
-    xdist workers share with the controller."""
+    """Progress lines for long encodes, so that a long cell is never silent for more than about
+    five seconds: the first after 4 s, then every 5 s. A line names the running cell in words
+    (:attr:`current`, set by the plugin around each cell), not the encode's cache key. The plugin
+    writes them past pytest's capture without cutting its line of dots."""
 
-    FIRST, EVERY = 10.0, 30.0
+    FIRST, EVERY = 4.0, 5.0
+    # What the running cell measures, in words ("demo-plain: black_box over 20% of each image");
+    # None outside a cell (then the encode's own description is shown).
+    current: str | None = None
 
     def __init__(self, what: str, total: int, write: Callable[[str], Any]):
         self.what, self.total, self.write = what, total, write
@@ -557,4 +655,5 @@ class Progress:
         self.last, self.shown = now, True
         rate = done / max(now - self.started, 1e-9)
         worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-        self.write(f"[medrobust{' ' + worker if worker else ''}] {self.what}: {done}/{self.total} images, {rate:.0f} img/s\n")
+        what = Progress.current or self.what
+        self.write(f"[medrobust{' ' + worker if worker else ''}] {what}: {done}/{self.total} images, {rate:.0f} img/s\n")

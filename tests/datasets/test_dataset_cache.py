@@ -50,29 +50,29 @@ def test_file_hashes_are_cached_by_stat_and_persisted(tmp_path, monkeypatch):
 def test_decoded_cache_hit_skips_decoding(manifest_path, tmp_path, monkeypatch):
     ds = load_dataset(str(manifest_path), cache_dir=tmp_path / "cache")
     pixels = decode_dataset(ds, (24, 24), "pad")
-    cached = list((tmp_path / "cache" / "decoded").glob("*.npz"))
+    cached = list((tmp_path / "cache" / "decoded").glob("*.npy"))
     assert len(cached) == 1 and not list((tmp_path / "cache" / "decoded").glob("*.tmp"))
 
     def boom(*args, **kwargs):
         raise AssertionError("decoded again despite the cache")
 
-    monkeypatch.setattr(images, "_decode_all", boom)
+    monkeypatch.setattr(images, "_decode_chunks", boom)
     again = decode_dataset(load_dataset(str(manifest_path), cache_dir=tmp_path / "cache"), (24, 24), "pad")
     assert torch.equal(pixels, again)
     monkeypatch.undo()
     # Another size, geometry or prepare is another cache entry.
     decode_dataset(ds, (24, 24), "crop")
     decode_dataset(ds, (24, 24), "pad", prepare=lambda im: im.resize((24, 24)))
-    assert len(list((tmp_path / "cache" / "decoded").glob("*.npz"))) == 3
+    assert len(list((tmp_path / "cache" / "decoded").glob("*.npy"))) == 3
 
 
 def test_decoded_cache_ignores_a_damaged_file(manifest_path, tmp_path):
     ds = load_dataset(str(manifest_path), cache_dir=tmp_path / "c")
-    pixels = decode_dataset(ds, (16, 16), "crop")
-    (entry,) = (tmp_path / "c" / "decoded").glob("*.npz")
+    pixels = decode_dataset(ds, (16, 16), "crop").clone()  # a copy: the result maps the file damaged below
+    (entry,) = (tmp_path / "c" / "decoded").glob("*.npy")
     entry.write_bytes(b"garbage")
     assert torch.equal(decode_dataset(ds, (16, 16), "crop"), pixels)
-    assert np.load(entry)["pixels"].shape == (6, 16, 16)  # rewritten
+    assert np.load(entry).shape == (6, 16, 16)  # rewritten
 
 
 def test_prepare_identity_uses_behaviour_not_only_name():
@@ -91,7 +91,7 @@ def test_cache_dir_from_environment(manifest_path, tmp_path, monkeypatch):
     ds = load_dataset(str(manifest_path))
     assert ds.cache_dir == tmp_path / "envcache"
     decode_dataset(ds, (8, 8), "crop")
-    assert list((tmp_path / "envcache" / "decoded").glob("*.npz"))
+    assert list((tmp_path / "envcache" / "decoded").glob("*.npy"))
 
 
 @pytest.mark.parametrize("geometry", ["crop", "pad"])
