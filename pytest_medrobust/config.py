@@ -20,6 +20,9 @@ from .cells import level_key
 from .errors import ConfigError, MedrobustError
 from .gate.thresholds import Thresholds
 from .models import ModelSpec
+from .sharding import AutoShard, Share
+from .sharding import describe as describe_share
+from .sharding import plan as shard_plan
 
 if TYPE_CHECKING:
     import pytest
@@ -38,7 +41,7 @@ DEVICES = ("auto", "cpu", "cuda")
 KNOWN_KEYS = {
     "models", "dataset", "dataset_options", "levels", "patches", "k", "seed", "device", "report_dir",
     "thresholds", "batch_size", "primary_metric", "search", "bootstrap", "baseline", "cache_dir", "cache",
-    "precision", "shard",
+    "precision", "shard", "sensitivity",
 }
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -80,6 +83,19 @@ class SearchSettings:
 
 
 @dataclass(frozen=True)
+class SensitivitySettings:
+    """Occlusion sensitivity maps (pytest_medrobust/sensitivity.py, docs/sensitivity.md): off
+    unless ``images`` is set (config or ``--medrobust-sensitivity-images``)."""
+
+    enabled: bool = False
+    images: int = 8  # seeded subset of the dataset
+    window: int | None = None  # pixels of the model input; None: an eighth of the shorter side
+    stride: int | None = None  # None: half the window
+    patch: str = "black_box"  # whose fill paints the window
+    worst: int = 3  # worst-hit images drawn per model
+
+
+@dataclass(frozen=True)
 class Settings:
     models: tuple[ModelSpec, ...] = tuple(ModelSpec(n) for n in DEFAULT_MODELS)
     # Every model table seen in any source, so a later plain name can select a defined model.
@@ -98,12 +114,15 @@ class Settings:
     batch_size: int = 64
     primary_metric: str = "i2t_unique_R@5"
     search: SearchSettings = field(default_factory=SearchSettings)
+    sensitivity: SensitivitySettings = field(default_factory=SensitivitySettings)
     bootstrap: BootstrapSettings = field(default_factory=BootstrapSettings)
     baseline: BaselineSettings = field(default_factory=BaselineSettings)
     cache_dir: Path = Path(".medrobust_cache")
     cache: bool = True
     precision: str = "auto"  # auto: fp32 everywhere; bf16 / fp16 autocast are opt-in
-    shard: tuple[int, int] | None = None  # (index, count), 1-based index
+    # The share of the grid this run measures (sharding.Share; AutoShard until build_settings
+    # reads it from the engine's variables, once every source is in).
+    shard: Share | AutoShard | None = None
     config_file: Path | None = None  # the --medrobust-config file read, absolute (for replays)
 
     @property
@@ -130,9 +149,18 @@ class Settings:
                 "profile": self.search.profile,
             },
             "bootstrap": {"resamples": self.bootstrap.resamples, "confidence": self.bootstrap.confidence},
+            "sensitivity": {
+                "enabled": self.sensitivity.enabled, "images": self.sensitivity.images, "window": self.sensitivity.window,
+                "stride": self.sensitivity.stride, "patch": self.sensitivity.patch, "worst": self.sensitivity.worst,
+            },
             "cache": self.cache,
             "precision": self.precision,
-            "shard": f"{self.shard[0]}/{self.shard[1]}" if self.shard else None,
+            "shard": str(self.shard) if self.shard else None,
+            # Which engine's variables gave the share, and its estimated part of the grid: differs
+            # between the shards of one run (merge compares everything else).
+            "shard_from": describe_share(self) if isinstance(self.shard, Share) else None,
+            # What the cost-balanced assignment is computed from: merge rebuilds it.
+            "shard_plan": shard_plan(self) if self.shard else None,
             "baseline": {
                 "path": str(self.baseline.path) if self.baseline.path else None,
                 "tolerance_abs": self.baseline.tolerance_abs,
@@ -205,17 +233,11 @@ def parse_ks(value: Any, where: str) -> tuple[int, ...]:
     return tuple(sorted(ks))
 
 
-def parse_shard(value: Any, where: str) -> tuple[int, int] | None:
-    if value in (None, ""):
-        return None
-    index, sep, count = str(value).partition("/")
-    try:
-        i, n = int(index), int(count)
-    except ValueError:
-        raise ConfigError(f"{where}: expected i/n such as 1/4, got {value!r}") from None
-    if not sep or n < 1 or not 1 <= i <= n:
-        raise ConfigError(f"{where}: expected i/n with 1 <= i <= n, got {value!r}")
-    return (i, n)
+def parse_shard(value: Any, where: str) -> Share | AutoShard | None:
+    """``I/N``, ``auto`` or ``auto/N`` (see :mod:`pytest_medrobust.sharding`)."""
+    from .sharding import parse_shard as parse
+
+    return parse(value, where)
 
 
 def parse_path(value: Any, where: str) -> str:
@@ -339,12 +361,13 @@ def resolve_dataset_spec(spec: str, base: Path, where: str = "dataset") -> str:
 
 
 # Options every loader takes (datasets.subset.build_dataset); each loader adds its own.
-COMMON_DATASET_OPTIONS = ("limit", "seed", "on_bad_rows", "validate", "cache_dir", "workers")
+COMMON_DATASET_OPTIONS = ("limit", "seed", "on_bad_rows", "validate", "cache_dir", "workers", "regions", "regions_format")
 # The type each known loader option must have; a loader option not listed is passed as given.
 _DATASET_OPTION_TYPES = {
     "seed": "int", "workers": "count", "cache_dir": "folder", "validate": "str", "split": "str", "section": "str",
     "one_image_per_study": "bool", "name": "str", "reports_dir": "path", "images_dir": "path", "csv": "path",
     "split_file": "path", "metadata_file": "path", "views": "names", "image_root": "folder",
+    "regions": "folder", "regions_format": "str",  # a regions file, taken against the config's folder
 }
 
 
@@ -489,6 +512,8 @@ def apply_table(settings: Settings, table: Mapping[str, Any], source: str, base:
         changes["precision"] = precision
     if "shard" in table:
         changes["shard"] = parse_shard(table["shard"], where("shard"))
+    if "sensitivity" in table:
+        changes["sensitivity"] = _parse_sensitivity(settings.sensitivity, table["sensitivity"], where("sensitivity"))
     if "bootstrap" in table:
         changes["bootstrap"] = _parse_bootstrap(settings.bootstrap, table["bootstrap"], where("bootstrap"))
     if "baseline" in table:
@@ -582,6 +607,33 @@ def _parse_search(current: SearchSettings, table: Any, where: str) -> SearchSett
     return replace(current, **changes)
 
 
+def _parse_sensitivity(current: SensitivitySettings, table: Any, where: str) -> SensitivitySettings:
+    _check_table(table, {"enabled", "images", "window", "stride", "patch", "worst"}, where)
+    changes: dict[str, Any] = {}
+    if "images" in table:
+        # As the search's max_examples: a count switches the step on, 0 off; an explicit enabled wins.
+        images = parse_int(table["images"], _sub(where, "sensitivity", "images"), 0)
+        changes["images"] = max(1, images)
+        if "enabled" not in table:
+            changes["enabled"] = images > 0
+    if "enabled" in table:
+        changes["enabled"] = parse_bool(table["enabled"], f"{where}.enabled")
+    for key in ("window", "stride"):
+        if key in table:
+            changes[key] = parse_int(table[key], _sub(where, "sensitivity", key), 1)
+    if "worst" in table:
+        changes["worst"] = parse_int(table["worst"], f"{where}.worst", 0)
+    if "patch" in table:
+        from .occlusion import make_patch
+
+        try:
+            make_patch(str(table["patch"]))
+        except MedrobustError as exc:
+            raise ConfigError(f"{where}.patch: {exc}") from None
+        changes["patch"] = str(table["patch"])
+    return replace(current, **changes)
+
+
 def build_settings(pyproject: Path, config_file: str | None, cli: Mapping[str, Any], invocation_dir: Path) -> Settings:
     """Defaults < pyproject.toml < --medrobust-config < command line (``cli`` keys as in TOML).
 
@@ -595,6 +647,8 @@ def build_settings(pyproject: Path, config_file: str | None, cli: Mapping[str, A
         settings = replace(settings, config_file=path.resolve())
     if cli:
         settings = apply_table(settings, cli, "command line", invocation_dir)
+    if isinstance(settings.shard, AutoShard):
+        settings = replace(settings, shard=settings.shard.resolve())
     return settings
 
 
@@ -652,7 +706,9 @@ def _check_rules_match(settings: Settings) -> None:
                     f"thresholds: a rule for {rule.metric!r} has {field_name} = {pattern!r}, which matches no "
                     f"{field_name} of this run ({', '.join(names)})"
                 )
-        if not any(rule.matches(rule.model, rule.patch, level, rule.metric) for level in levels):
+        if rule.cells == "search" and not settings.search.enabled:
+            raise ConfigError(f"thresholds: a rule for {rule.metric!r} has cells = \"search\", but the search is off")
+        if not any(rule.matches(rule.model, rule.patch, level, rule.metric, rule.cells) for level in levels):
             # fnmatch patterns match themselves, so only the level conditions are tested here.
             raise ConfigError(
                 f"thresholds: a rule for {rule.metric!r} limits levels (levels = {list(rule.levels or [])}, "

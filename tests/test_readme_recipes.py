@@ -101,7 +101,9 @@ def test_own_model_and_dataset_recipes_run_from_an_empty_folder(recipes, pyteste
     assert results["dataset"]["n_images"] == len(images)
     assert (project / "reports" / "medrobust.html").is_file()
     cells = results["cells"]
-    assert cells and not any(c["cached"] for c in cells)
+    # Cold: no grid cell read the cache (a search cell may: its first, explicit placement is the
+    # grid cell's own, measured minutes earlier in this run).
+    assert cells and not any(c["cached"] for c in cells if c["kind"] == "grid")
     assert list((project / ".medrobust_cache").rglob("*.safetensors"))
 
     warm = pytester.runpytest_subprocess(*args, "-p", "no:cacheprovider", timeout=600)
