@@ -93,4 +93,4 @@ def load_dataset(spec: str | None = None, **options: Any) -> Dataset:
     dataset = function(path, **options) if path is not None else function(**options)
     from .regions import attach_regions_option
 
-    return attach_regions_option(dataset, loader, regions, regions_format)
+    return attach_regions_option(dataset, loader, regions, regions_format, subset=options.get("limit") is not None)

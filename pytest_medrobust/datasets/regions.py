@@ -325,9 +325,12 @@ def _listed(rows: Sequence[str]) -> str:
     return "; ".join(rows[:_LISTED]) + (f"; ... and {more} more" if more > 0 else "")
 
 
-def attach_regions(dataset: Dataset, rows: Iterable[RegionRow], source: Path | str, info: Mapping[str, Any] | None = None
-                   ) -> Dataset:
-    """Join region rows to ``dataset``'s records and set ``dataset.regions`` (see the module docstring)."""
+def attach_regions(dataset: Dataset, rows: Iterable[RegionRow], source: Path | str, info: Mapping[str, Any] | None = None,
+                   *, subset: bool = False) -> Dataset:
+    """Join region rows to ``dataset``'s records and set ``dataset.regions`` (see the module docstring).
+
+    ``subset``: the dataset is a ``limit`` of the file's images, so rows of the images left out
+    are expected; they are counted in the card, and warned about only when no row matched."""
     index = _index(dataset.records)
     unmatched: list[str] = []
     clipped: list[str] = []
@@ -378,7 +381,7 @@ def attach_regions(dataset: Dataset, rows: Iterable[RegionRow], source: Path | s
     if clipped:
         warnings.warn(RegionWarning(f"regions file {source}: {len(clipped)} box(es) reach past their image and were "
                                     f"clipped to it: {_listed(clipped)}"), stacklevel=2)
-    if unmatched:
+    if unmatched and not (subset and regions):
         warnings.warn(RegionWarning(f"regions file {source}: {len(unmatched)} row(s) name no image of dataset "
                                     f"{dataset.name} and are not used: {_listed(unmatched)}"), stacklevel=2)
     dataset.regions = regions
@@ -393,25 +396,27 @@ def attach_regions(dataset: Dataset, rows: Iterable[RegionRow], source: Path | s
     return dataset
 
 
-def load_regions(dataset: Dataset, path: str | Path, fmt: str = "auto") -> Dataset:
+def load_regions(dataset: Dataset, path: str | Path, fmt: str = "auto", *, subset: bool = False) -> Dataset:
     """Read a regions file and join it to ``dataset`` (sets ``dataset.regions``)."""
     rows, info = load_region_rows(path, fmt)
-    return attach_regions(dataset, rows, Path(path), info)
+    return attach_regions(dataset, rows, Path(path), info, subset=subset)
 
 
 # The phantom generator writes its regions beside its manifest (scripts/make_phantom_fixtures.py).
 PHANTOM_REGIONS = "regions.csv"
 
 
-def attach_regions_option(dataset: Dataset, loader: str, path: str | Path | None, fmt: str = "auto") -> Dataset:
+def attach_regions_option(
+    dataset: Dataset, loader: str, path: str | Path | None, fmt: str = "auto", *, subset: bool = False
+) -> Dataset:
     """``load_dataset``'s ``regions`` option: that file's regions; for the phantom loader with no
     file given, the ``regions.csv`` its generator wrote beside the manifest (when there is one)."""
     if path is not None and str(path).strip():
-        return load_regions(dataset, Path(path).expanduser(), fmt)
+        return load_regions(dataset, Path(path).expanduser(), fmt, subset=subset)
     if loader == "phantom":
         beside = Path(dataset.source).parent / PHANTOM_REGIONS
         if beside.is_file():
-            return load_regions(dataset, beside, "boxes")
+            return load_regions(dataset, beside, "boxes", subset=subset)
     return dataset
 
 

@@ -183,3 +183,23 @@ def test_the_phantom_regions_file_is_what_the_generator_writes():
     fresh = regions_csv(0, 12, 128).decode().splitlines()
     assert shipped[: len(fresh)] == fresh
     assert study_regions(0, 5, 128) == study_regions(0, 5, 128)
+
+
+
+def test_a_limited_phantom_counts_the_regions_of_images_left_out_without_a_warning(recwarn):
+    dataset = load_dataset(None, limit=10)
+    assert not [w for w in recwarn if issubclass(w.category, RegionWarning)]
+    assert len(dataset.regions) == 10 and dataset.info["regions"]["unmatched_rows"] > 0
+
+
+def test_a_regions_file_that_matches_nothing_of_a_subset_still_warns():
+    from pathlib import Path
+
+    from pytest_medrobust.datasets.regions import attach_regions
+
+    dataset = load_dataset(None, limit=10)
+    rows, _ = load_region_rows(Path(dataset.source).parent / "regions.csv", "boxes")
+    left_out = [r for r in rows if r.key not in dataset.ids][:5]
+    assert left_out
+    with pytest.warns(RegionWarning, match="5 row"):
+        attach_regions(dataset, left_out, "regions.csv", subset=True)
