@@ -483,8 +483,13 @@ class GridRunner:
             model = self.model(name)
             progress = Progress(f"{name} {label}", len(self.dataset().ids), self.progress_writer)
             out = []
-            # The next batch is occluded in a background thread while this one is encoded.
-            for _, stop, batch in prefetch(self.occluded_batches(name, occluder)):
+            batches = self.occluded_batches(name, occluder)
+            # On an accelerator the next batch is occluded in a background thread while this one
+            # is encoded. On the CPU both would share the same cores: measured on 2 cores, the
+            # overlap cost 13-56 % of the harness's throughput (benchmarks/bench_harness.py).
+            if self.device.type != "cpu":
+                batches = prefetch(batches)
+            for _, stop, batch in batches:
                 out.append(self._forward(name, "encode_images", model.encode_images, batch))
                 progress.update(stop)
             return torch.cat(out)
