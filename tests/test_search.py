@@ -15,7 +15,7 @@ from pytest_medrobust.errors import OcclusionError
 from pytest_medrobust.occlusion import PlacementPolicy
 from pytest_medrobust.sensitivity import Guide
 from tests.plugin.conftest import PYPROJECT
-from tests.plugin.fakes import MODELS, write_dataset
+from tests.plugin.fakes import make_project
 
 IDS = ["a", "b", "c"]
 GUIDES = {"a": Guide(10.0, 30.0, (4, 20, 16, 40)), "b": Guide(30.0, 8.0, (24, 0, 40, 16)), "c": Guide(20.0, 20.0, (0, 0, 40, 40))}
@@ -80,10 +80,7 @@ def test_guided_replay_snippet_carries_the_guides_and_reproduces_the_masks():
 
 @pytest.fixture
 def search_project(pytester: pytest.Pytester) -> pytest.Pytester:
-    pytester.makepyfile(fakemodels=MODELS)
-    pytester.makefile(".toml", pyproject=PYPROJECT)
-    write_dataset(pytester.path, n=24)
-    return pytester
+    return make_project(pytester, PYPROJECT, n=24)
 
 
 def test_search_spends_its_budget_and_is_never_better_than_the_grid_or_guided_placement(search_project):

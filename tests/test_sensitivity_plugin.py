@@ -12,17 +12,14 @@ import torch  # noqa: F401
 import pytest_medrobust.runner  # noqa: F401
 import pytest_medrobust.sensitivity
 from tests.plugin.conftest import PYPROJECT
-from tests.plugin.fakes import MODELS, write_dataset
+from tests.plugin.fakes import make_project
 
 ARGS = ("--medrobust-only", "--medrobust-levels", "0", "--medrobust-sensitivity-images", "4", "-p", "no:cacheprovider")
 
 
 @pytest.fixture
 def sens_project(pytester: pytest.Pytester) -> pytest.Pytester:
-    pytester.makepyfile(fakemodels=MODELS)
-    pytester.makefile(".toml", pyproject=PYPROJECT)
-    write_dataset(pytester.path, n=16)
-    return pytester
+    return make_project(pytester, PYPROJECT, n=16)
 
 
 def _results(pytester: pytest.Pytester) -> dict:

@@ -27,7 +27,7 @@ from pytest_medrobust.sharding import (
     share_cells,
 )
 from tests.plugin.conftest import PYPROJECT
-from tests.plugin.fakes import MODELS, write_dataset
+from tests.plugin.fakes import make_project
 
 WHERE = "--medrobust-shard"
 
@@ -237,10 +237,7 @@ def test_the_demo_encoder_estimate_is_its_counted_flops():
 def project(pytester: pytest.Pytester) -> pytest.Pytester:
     import pytest_medrobust.runner  # noqa: F401  (C extensions load once, before pytester's runs)
 
-    pytester.makepyfile(fakemodels=MODELS)
-    pytester.makefile(".toml", pyproject=PYPROJECT)
-    write_dataset(pytester.path)
-    return pytester
+    return make_project(pytester, PYPROJECT)
 
 
 @pytest.fixture

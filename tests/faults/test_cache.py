@@ -15,7 +15,7 @@ import pytest_medrobust.runner  # noqa: F401
 from pytest_medrobust.cache import model_fingerprint
 from pytest_medrobust.datasets import base, load_dataset
 from pytest_medrobust.models import ModelSpec, model_card
-from tests.plugin.fakes import MODELS, write_dataset
+from tests.plugin.fakes import MODELS, make_project, write_dataset
 
 USAGE = pytest.ExitCode.USAGE_ERROR
 
@@ -53,10 +53,7 @@ min = {"i2t_unique_R@1" = 0.9}
 
 @pytest.fixture
 def project(pytester: pytest.Pytester):
-    pytester.makepyfile(fakemodels=MODELS + SHIFTED)
-    pytester.makefile(".toml", pyproject=PYPROJECT)
-    write_dataset(pytester.path)
-    return pytester
+    return make_project(pytester, PYPROJECT, models=MODELS + SHIFTED)
 
 
 def run(project, *args):

@@ -10,17 +10,14 @@ import torch  # noqa: F401
 
 import pytest_medrobust.runner  # noqa: F401
 from tests.plugin.conftest import PYPROJECT
-from tests.plugin.fakes import MODELS, write_dataset
+from tests.plugin.fakes import make_project
 
 USAGE = pytest.ExitCode.USAGE_ERROR
 
 
 @pytest.fixture
 def project(pytester: pytest.Pytester) -> pytest.Pytester:
-    pytester.makepyfile(fakemodels=MODELS)
-    pytester.makefile(".toml", pyproject=PYPROJECT)
-    write_dataset(pytester.path)
-    return pytester
+    return make_project(pytester, PYPROJECT)
 
 
 def _set_pyproject(project: pytest.Pytester, old: str, new: str) -> None:

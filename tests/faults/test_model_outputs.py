@@ -10,7 +10,7 @@ import torch
 import pytest_medrobust.runner  # noqa: F401
 from pytest_medrobust.errors import ModelLoadError
 from pytest_medrobust.runner import check_output
-from tests.plugin.fakes import MODELS, write_dataset
+from tests.plugin.fakes import MODELS, make_project
 
 USAGE = pytest.ExitCode.USAGE_ERROR
 
@@ -99,10 +99,7 @@ search = {enabled = false}
 
 @pytest.fixture
 def project(pytester: pytest.Pytester):
-    pytester.makepyfile(fakemodels=MODELS + BAD_MODELS)
-    pytester.makefile(".toml", pyproject=PYPROJECT)
-    write_dataset(pytester.path, n=12)
-    return pytester
+    return make_project(pytester, PYPROJECT, models=MODELS + BAD_MODELS, n=12)
 
 
 def run_model(project, factory, *args):

@@ -15,15 +15,12 @@ import pytest_medrobust.occlusion
 import pytest_medrobust.runner  # noqa: F401
 from pytest_medrobust.occlusion import PlacementPolicy
 from tests.plugin.conftest import PYPROJECT
-from tests.plugin.fakes import MODELS, write_dataset
+from tests.plugin.fakes import make_project
 
 
 @pytest.fixture
 def replay_project(pytester: pytest.Pytester) -> pytest.Pytester:
-    pytester.makepyfile(fakemodels=MODELS)
-    pytester.makefile(".toml", pyproject=PYPROJECT)
-    write_dataset(pytester.path, n=40)
-    return pytester
+    return make_project(pytester, PYPROJECT, n=40)
 
 
 def _results(pytester: pytest.Pytester) -> dict:

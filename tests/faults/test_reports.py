@@ -20,7 +20,7 @@ from pytest_medrobust.config import parse_models
 from pytest_medrobust.errors import ConfigError
 from pytest_medrobust.reporting.outputs import write_reports
 from tests.plugin.conftest import read_results
-from tests.plugin.fakes import MODELS, write_dataset
+from tests.plugin.fakes import MODELS, make_project
 
 SLEEPY = '''
 
@@ -72,10 +72,7 @@ bootstrap = {resamples = 0}
 
 @pytest.fixture
 def project(pytester: pytest.Pytester) -> pytest.Pytester:
-    pytester.makepyfile(fakemodels=MODELS + SLEEPY)
-    pytester.makefile(".toml", pyproject=PYPROJECT)
-    write_dataset(pytester.path)
-    return pytester
+    return make_project(pytester, PYPROJECT, models=MODELS + SLEEPY)
 
 
 def passing_run(project: pytest.Pytester) -> dict:

@@ -9,7 +9,7 @@ import torch  # noqa: F401
 
 import pytest_medrobust.runner  # noqa: F401
 
-from .fakes import MODELS, write_dataset
+from .fakes import make_project
 
 PYPROJECT = """
 [tool.pytest.ini_options]
@@ -35,10 +35,7 @@ retention = {"i2t_unique_R@1" = 0.8}
 @pytest.fixture
 def project(pytester: pytest.Pytester):
     """A folder with a small dataset, fake models and a [tool.medrobust] config."""
-    pytester.makepyfile(fakemodels=MODELS)
-    pytester.makefile(".toml", pyproject=PYPROJECT)
-    write_dataset(pytester.path)
-    return pytester
+    return make_project(pytester, PYPROJECT)
 
 
 def read_results(pytester: pytest.Pytester) -> dict:

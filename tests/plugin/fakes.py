@@ -123,3 +123,12 @@ def write_dataset(root, n=24, *, name="manifest.csv", bad=None):
         writer.writeheader()
         writer.writerows(rows)
     return root / name
+
+
+def make_project(pytester, pyproject, *, models=None, n=24):
+    """The plugin tests' project in ``pytester``'s folder: ``models`` (default :data:`MODELS`) as
+    ``fakemodels.py``, ``pyproject`` as pyproject.toml, and ``n`` images with their manifest."""
+    pytester.makepyfile(fakemodels=MODELS if models is None else models)
+    pytester.makefile(".toml", pyproject=pyproject)
+    write_dataset(pytester.path, n=n)
+    return pytester

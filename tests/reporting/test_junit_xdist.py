@@ -8,16 +8,13 @@ import pytest
 from junitparser import JUnitXml, Properties
 
 from tests.plugin.conftest import PYPROJECT, read_results
-from tests.plugin.fakes import MODELS, write_dataset
+from tests.plugin.fakes import make_project
 
 
 @pytest.fixture
 def project(pytester: pytest.Pytester) -> pytest.Pytester:
     """The plugin tests' small project: fake models, 24 images, black_box at 0, 10 and 50 %."""
-    pytester.makepyfile(fakemodels=MODELS)
-    pytester.makefile(".toml", pyproject=PYPROJECT)
-    write_dataset(pytester.path)
-    return pytester
+    return make_project(pytester, PYPROJECT)
 
 
 @pytest.mark.slow  # two xdist workers start torch (about 20 s of CPU)

@@ -6,7 +6,7 @@ import pytest
 
 from pytest_medrobust.runner import Progress
 from tests.plugin.conftest import PYPROJECT
-from tests.plugin.fakes import MODELS, write_dataset
+from tests.plugin.fakes import make_project
 
 
 @pytest.fixture
@@ -14,10 +14,7 @@ def project(pytester: pytest.Pytester, monkeypatch) -> pytest.Pytester:
     """The plugin tests' small project: fake models, 24 images, black_box at 0, 10 and 50 %."""
     # The inner run is in-process: under the suite's own -n it would read this worker's name.
     monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
-    pytester.makepyfile(fakemodels=MODELS)
-    pytester.makefile(".toml", pyproject=PYPROJECT)
-    write_dataset(pytester.path)
-    return pytester
+    return make_project(pytester, PYPROJECT)
 
 DOTS = re.compile(r"medrobust [.FEsx]+ *(\[ *\d+%\])?")
 PROGRESS = re.compile(
