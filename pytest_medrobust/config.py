@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .allocator import ALLOCATORS
 from .cells import level_key
 from .errors import ConfigError, MedrobustError
 from .gate.thresholds import Thresholds
@@ -41,7 +42,7 @@ DEVICES = ("auto", "cpu", "cuda")
 KNOWN_KEYS = {
     "models", "dataset", "dataset_options", "levels", "patches", "k", "seed", "device", "report_dir",
     "thresholds", "batch_size", "primary_metric", "search", "bootstrap", "baseline", "cache_dir", "cache",
-    "precision", "shard", "sensitivity",
+    "precision", "cpu_allocator", "shard", "sensitivity",
 }
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -120,6 +121,7 @@ class Settings:
     cache_dir: Path = Path(".medrobust_cache")
     cache: bool = True
     precision: str = "auto"  # auto: fp32 everywhere; bf16 / fp16 autocast are opt-in
+    cpu_allocator: str = "tuned"  # allocator.py: glibc keeps a forward's activations for the next
     # The share of the grid this run measures (sharding.Share; AutoShard until build_settings
     # reads it from the engine's variables, once every source is in).
     shard: Share | AutoShard | None = None
@@ -155,6 +157,7 @@ class Settings:
             },
             "cache": self.cache,
             "precision": self.precision,
+            "cpu_allocator": self.cpu_allocator,
             "shard": str(self.shard) if self.shard else None,
             # Which engine's variables gave the share, and its estimated part of the grid: differs
             # between the shards of one run (merge compares everything else).
@@ -510,6 +513,11 @@ def apply_table(settings: Settings, table: Mapping[str, Any], source: str, base:
         if precision not in PRECISIONS:
             raise ConfigError(f"{where('precision')}: must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         changes["precision"] = precision
+    if "cpu_allocator" in table:
+        allocator = table["cpu_allocator"]
+        if allocator not in ALLOCATORS:
+            raise ConfigError(f"{where('cpu_allocator')}: must be one of {', '.join(ALLOCATORS)}, got {allocator!r}")
+        changes["cpu_allocator"] = allocator
     if "shard" in table:
         changes["shard"] = parse_shard(table["shard"], where("shard"))
     if "sensitivity" in table:

@@ -59,6 +59,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--medrobust-seed", "seed of every occluder placement, subset and bootstrap (default: 0)", "seed", "INT"),
     Option("--medrobust-device", "auto, cpu, cuda or cuda:N (default: auto)", "device", "DEVICE"),
     Option("--medrobust-precision", "fp32 (default; auto means fp32), bf16 or fp16 autocast", "precision", "P"),
+    Option("--medrobust-cpu-allocator", "tuned (default: glibc keeps freed activations for the next batch, "
+           "see docs/performance.md) or system", "cpu_allocator", "tuned|system"),
     Option("--medrobust-batch-size", "images per forward pass (default: 64)", "batch_size", "N"),
     Option("--medrobust-report-dir", "where reports are written (default: reports/)", "report_dir", "DIR"),
     Option(

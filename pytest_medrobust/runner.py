@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from . import __version__, occlusion
+from .allocator import tune_cpu_allocator
 from .cache import CacheWarning, EmbeddingCache, check_clearable, claim_cache_dir
 from .cells import LEVEL_DECIMALS, Cell
 from .config import Settings
@@ -211,6 +212,7 @@ class GridRunner:
     def __init__(self, settings: Settings):
         self.settings = settings
         self._device: torch.device | None = None
+        self.allocator = "not chosen yet (no device)"
         self._dataset: Dataset | None = None
         self._dataset_error: BaseException | None = None
         self._models: dict[str, RetrievalModel | BaseException] = {}
@@ -240,6 +242,8 @@ class GridRunner:
         if self._device is None:
             self._device = resolve_device(self.settings.device, os.environ.get("PYTEST_XDIST_WORKER"))
             _share_cpu_threads(self._device)
+            if self._device.type == "cpu":
+                self.allocator = tune_cpu_allocator(self.settings.cpu_allocator)
             self._pin_numerics()
         return self._device
 

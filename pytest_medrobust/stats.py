@@ -21,9 +21,8 @@ bound memory.
 
 Vectorisation: a chunk of resamples is turned into a count matrix ``C`` (chunk x N, how often
 each query was drawn) with one ``bincount``, and every recall of every direction and k comes out
-of one matrix product ``C @ H / N`` where ``H`` holds the 0/1 hits. Counts and hits are small
-integers, so the product is exact in float64: the values are bit-identical to averaging the hits
-of the drawn queries directly.
+of one integer matrix product ``C @ H / N`` where ``H`` holds the 0/1 hits, so the values are
+bit-identical to averaging the hits of the drawn queries directly.
 """
 
 from __future__ import annotations
@@ -102,9 +101,7 @@ def bootstrap_intervals(
         directions = groups[n]
         names = [f"{d}_R@{k}" for d in directions for k in ks]
         # H: (N, M) hits, one column per (direction, k).
-        hits = np.stack(
-            [arrays[d] <= k for d in directions for k in ks], axis=1
-        ).astype(np.float64)
+        hits = np.stack([arrays[d] <= k for d in directions for k in ks], axis=1).astype(np.int64)
         stats = np.empty((resamples, hits.shape[1]), dtype=np.float64)
         chunk = max(1, min(resamples, chunk_elements // n))
         for start in range(0, resamples, chunk):
@@ -113,7 +110,10 @@ def bootstrap_intervals(
             idx = np.stack([rng.integers(0, n, size=n) for _ in range(rows)])
             idx += (np.arange(rows, dtype=idx.dtype) * n)[:, None]
             counts = np.bincount(idx.ravel(), minlength=rows * n).reshape(rows, n)
-            stats[start : start + rows] = (counts.astype(np.float64) @ hits) / n
+            # An integer product: NumPy runs it without BLAS. OpenBLAS's threads keep spinning
+            # for a while after each call and stalled the next model forward on a small machine
+            # by 30-75 ms a cell (benchmarks/bench_grid.py; docs/performance.md).
+            stats[start : start + rows] = (counts @ hits) / n
         lows = np.percentile(stats, low_pct, axis=0)
         highs = np.percentile(stats, high_pct, axis=0)
         for j, name in enumerate(names):

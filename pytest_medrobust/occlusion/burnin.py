@@ -128,45 +128,77 @@ class AnnotationGeometry(Geometry):
         if area == 0:
             return MaskSpec(height, width)
         n = int(count if count is not None else options["count"])
-        menu = [t for t in _menu(options) if base_glyph(t).shape[0] <= height and base_glyph(t).shape[1] <= width]
-        occupied = np.zeros((height, width), dtype=bool)
+        menu = _fitting_menu(tuple(options["texts"]), bool(options["markers"]), height, width)
+        # The occupied pixels are one Python integer, bit y * width + x: masking, counting and
+        # marking a glyph are then a few C-level big-integer operations instead of a handful of
+        # NumPy calls on small windows (a third of the cost of a burnt-in cell; docs/performance.md).
+        occupied = 0
         bitmaps: list[Bitmap] = []
         covered, last = 0, 0
         for item in range(MAX_ITEMS if menu else 0):
-            token = menu[int(rng.integers(len(menu)))]
-            g1 = base_glyph(token)
-            ink1 = int(g1.sum())
-            s_max = min(height // g1.shape[0], width // g1.shape[1])
+            token, ink1, s_max = menu[int(rng.integers(len(menu)))]
             s = math.sqrt(area / (n * ink1)) * float(rng.uniform(0.7, 1.3))
             s = min(max(1, int(round(s))), s_max)
             glyph, bits, _ = scaled_glyph(token, s)
             gh, gw = glyph.shape
             ry, rx = cluster_position(rng, fy, fx, item, edges=True)
             top, left = int(round(ry * (height - gh))), int(round(rx * (width - gw)))
-            window = occupied[top : top + gh, left : left + gw]
-            new = glyph & ~window
-            added = int(np.count_nonzero(new))
+            ink = _glyph_bits(token, s, width) << (top * width + left)
+            new = ink ^ (ink & occupied)
+            added = new.bit_count()
             if not added:
                 continue
             last = top * width + left
             if covered + added <= area:
-                window |= glyph
+                occupied |= ink
                 bitmaps.append(Bitmap(top, left, gh, gw, bits))
                 covered += added
             else:  # trim: keep the first new pixels in raster order
-                keep = np.flatnonzero(new.ravel())[: area - covered]
+                window = _to_array(new >> last, gh, width)[:, :gw]
+                keep = np.flatnonzero(window.ravel())[: area - covered]
                 part = np.zeros(gh * gw, dtype=bool)
                 part[keep] = True
                 part = part.reshape(gh, gw)
-                window |= part
+                occupied |= _from_array(part, width) << last
                 bitmaps.append(Bitmap.from_array(part, top, left))
                 covered = area
             if covered == area:
                 break
         boxes: tuple[Box, ...] = ()
         if covered < area:
-            boxes = fill_free(occupied, area - covered, last)
+            boxes = fill_free(_to_array(occupied, height, width), area - covered, last)
         return MaskSpec(height, width, boxes, tuple(bitmaps))
+
+
+@lru_cache(maxsize=64)
+def _fitting_menu(texts: tuple[str, ...], markers: bool, height: int, width: int) -> tuple[tuple[Any, int, int], ...]:
+    """``(token, ink pixels, largest scale)`` of every item of the menu that fits the image."""
+    out = []
+    for token in _menu({"texts": texts, "markers": markers}):
+        g1 = base_glyph(token)
+        if g1.shape[0] <= height and g1.shape[1] <= width:
+            out.append((token, int(g1.sum()), min(height // g1.shape[0], width // g1.shape[1])))
+    return tuple(out)
+
+
+@lru_cache(maxsize=1024)
+def _glyph_bits(token: tuple[str, Any], scale: int, width: int) -> int:
+    """The scaled glyph's ink as an integer in a raster ``width`` pixels wide (bit y * width + x)."""
+    return _from_array(scaled_glyph(token, scale)[0], width)
+
+
+def _from_array(array: np.ndarray, width: int) -> int:
+    rows, cols = array.shape
+    frame = np.zeros((rows, width), dtype=bool)
+    frame[:, :cols] = array
+    return int.from_bytes(np.packbits(frame, axis=None, bitorder="little").tobytes(), "little")
+
+
+def _to_array(value: int, rows: int, width: int) -> np.ndarray:
+    """The first ``rows`` rows of a raster integer as a boolean ``rows x width`` array."""
+    size = rows * width
+    raw = np.frombuffer((value & ((1 << size) - 1)).to_bytes((size + 7) // 8, "little"), dtype=np.uint8)
+    return np.unpackbits(raw, count=size, bitorder="little").view(bool).reshape(rows, width).copy()
 
 
 ANNOTATION = AnnotationGeometry()
