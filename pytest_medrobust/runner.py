@@ -394,15 +394,26 @@ class GridRunner:
 
         In-process the models stay loaded for the cells. Under xdist the workers load their own,
         so here each model is built on the CPU once and dropped: that costs one extra load per
-        model, the price of learning about a broken model before any worker starts."""
+        model, the price of learning about a broken model before any worker starts. Under
+        ``--medrobust-shard`` only the models with cells in this shard are loaded."""
         self.dataset()
         occlusion.regions.check_region_patches(self.settings.patches, self.dataset())
         self.baseline()
         for spec in self.settings.models:
+            if spec.name not in self.shard_models():
+                continue
             if distributed:
                 self._check_outputs_on_cpu(spec, load_model(spec, torch.device("cpu")))
             else:
                 self.prepare(spec.name)
+
+    def shard_models(self) -> set[str]:
+        """The models with cells in this run's share of the grid (every model when unsharded)."""
+        from .sharding import Share, share_cells
+
+        if not isinstance(self.settings.shard, Share):
+            return set(self.settings.model_names)
+        return {cell.model for cell in share_cells(self.settings)}
 
     def check_outputs(self, name: str) -> None:
         """Run the model once on the dataset's first images and reports and refuse what is not

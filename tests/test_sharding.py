@@ -267,3 +267,16 @@ def test_the_header_and_json_name_the_engine_and_the_share(project, clean_enviro
     assert config["shard"] == "2/3"
     assert config["shard_from"]["engine"] == "slurm" and config["shard_from"]["cells"] == 2
     assert config["shard_plan"]["model_gflops"] == {"oracle": ENCODER_GFLOPS["ViT-B-32"], "constant": ENCODER_GFLOPS["ViT-B-32"]}
+
+
+def test_a_shard_loads_only_the_models_it_measures(pytester, clean_environment):
+    """The preflight builds each model to check it; a shard that holds none of a model's cells
+    must not pay for that model's load (nor stop on it)."""
+    make_project(pytester, PYPROJECT.replace('factory = "fakemodels:constant"', 'factory = "fakemodels:broken"'))
+    first = pytester.runpytest("--medrobust", "--medrobust-shard", "1/2", "-p", "no:cacheprovider")
+    assert first.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), first.stdout.str()  # a verdict, not an error
+    first.stdout.fnmatch_lines(["*3 of 6 cells*", "gate *: * of 3 cells"])
+    assert "not found" not in first.stdout.str() + first.stderr.str()
+    second = pytester.runpytest("--medrobust", "--medrobust-shard", "2/2", "-p", "no:cacheprovider")
+    assert second.ret == pytest.ExitCode.USAGE_ERROR
+    assert "weights file /nowhere/model.safetensors not found" in second.stderr.str()
