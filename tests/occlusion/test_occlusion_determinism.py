@@ -126,3 +126,32 @@ def test_masks_are_pinned_across_releases(patch):
                 specs = occlusion.plan_masks(patch, level, ids(24), height, width, seed=7, policy=policy)
                 digest.update(json.dumps([s.to_json() for s in specs]).encode())
     assert digest.hexdigest()[:16] == PINNED_MASKS[patch]
+
+
+# sha256 (first 16 hex digits) of the occluded pixels of every built-in patch, on a contiguous
+# and on an expanded grayscale batch at two levels, as the release before the batched noise fill
+# painted them. Pinned for the same reason as the masks.
+PINNED_PIXELS = {
+    "annotation": "3372980e2305f867",
+    "black_box": "5c162f34341f67fa",
+    "blur_box": "9c0a6fd2049c5502",
+    "gray_box": "c1d39b222309a112",
+    "grid_cutout": "d31917daf0ede2ea",
+    "noise_box": "06d7f0983cd7a60b",
+    "random_erase": "8e8de8c4fc9523e5",
+    "shuffle_box": "e9000e7029732426",
+    "white_box": "9108e10bb77ad473",
+    "noise_box(std=0.5, mean=0.3)": "89af1102c784cb69",
+}
+
+
+@pytest.mark.parametrize("patch", sorted(PINNED_PIXELS))
+def test_occluded_pixels_are_pinned_across_releases(patch):
+    digest = hashlib.sha256()
+    for level in (0.1, 0.4):
+        contiguous = gray_batch(6, 40, 56)
+        expanded = gray_batch(6, 40, 56, seed=1)[:, :1].expand(-1, 3, -1, -1)
+        for batch in (contiguous, expanded):
+            images, _ = occlusion.occlude(batch, ids(6), patch, level, seed=3, stats={"mean": 0.4, "std": 0.2})
+            digest.update(images.contiguous().numpy().tobytes())
+    assert digest.hexdigest()[:16] == PINNED_PIXELS[patch]
