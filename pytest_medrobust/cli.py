@@ -341,7 +341,30 @@ def merge_shards(paths: Sequence[Path]) -> tuple[dict[str, Any], list[dict[str, 
     if absent:
         raise MedrobustError(f"cell {absent[0]} of the grid is in no shard given ({len(absent)} missing): merge every shard")
     _rejudge(first_path, first, records, origins)
-    return first, list(records.values()), sorted(expected)
+    return first, [*records.values(), *_sensitivity_records(shards)], sorted(expected)
+
+
+def _sensitivity_records(shards: Sequence[tuple[Path, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each model's sensitivity maps from the shard that made them (sharding.sensitivity_owner),
+    as the records the results are built from; ``files`` maps each picture and array the entry
+    names (relative to the report folder) to the shard's file, for the merge to copy."""
+    owners: dict[str, Path] = {}
+    out = []
+    for path, data in shards:
+        for model, entry in (data.get("sensitivity") or {}).items():
+            if model in owners:
+                raise MedrobustError(f"{path}: sensitivity maps of model {model!r} are also in {owners[model]}")
+            owners[model] = path
+            names = [entry.get("mean_map"), entry.get("npz"), *(w.get("png") for w in entry.get("worst") or [])]
+            root = path.parent.resolve()
+            files = {}
+            for name in filter(None, names):
+                file = (root / str(name)).resolve()
+                if not file.is_relative_to(root):
+                    raise MedrobustError(f"{path}: sensitivity file {name!r} of model {model!r} is outside its report folder")
+                files[str(name)] = file
+            out.append({"kind": "sensitivity", "model": model, "sensitivity": entry, "files": files})
+    return out
 
 
 def _rejudge(path: Path, first: dict[str, Any], records: dict[str, dict[str, Any]], origins: dict[str, Path]) -> None:
@@ -374,6 +397,29 @@ def _rejudge(path: Path, first: dict[str, Any], records: dict[str, dict[str, Any
                 f"{origins[key]}: cell {c['id']}: outcome 'passed' but its metrics fail the run's thresholds "
                 f"({verdict.failures[0]}): the shard was edited"
             )
+
+
+def _copy_sensitivity_files(records: list[dict[str, Any]], output: Path, config: Mapping[str, Any]) -> None:
+    """The sensitivity pictures and arrays of every shard, into the merged report folder. A file
+    the artifact lost is a warning: the numbers are merged, the picture is not."""
+    from .files import atomic_write
+
+    models = set()
+    for record in records:
+        if record.get("kind") != "sensitivity":
+            continue
+        models.add(record["model"])
+        for name, source in record.pop("files").items():
+            if source.is_file():
+                atomic_write(output / name, source.read_bytes())
+            else:
+                print(f"medrobust merge: warning: {source} is missing (not in the shard's artifact?); "
+                      f"the merged report has {record['model']}'s sensitivity numbers without it", file=sys.stderr)
+    if not (config.get("sensitivity") or {}).get("enabled"):
+        return
+    for model in config.get("models") or []:
+        if model not in models:
+            print(f"medrobust merge: warning: no shard holds the sensitivity maps of model {model!r}", file=sys.stderr)
 
 
 def find_results(given: Path, output: Path | None = None) -> list[Path]:
@@ -437,6 +483,7 @@ def _merge(args: argparse.Namespace) -> int:
         seed=first["seed"], report_dir=output, baseline=SimpleNamespace(save_path=None), to_json=lambda: config
     )
     try:
+        _copy_sensitivity_files(records, output, config)
         merged, written = write_reports(settings, records, expected=expected)
     except OSError as exc:
         raise MedrobustError(f"-o/--output: cannot write the merged reports into {output}: {exc}") from exc

@@ -48,7 +48,7 @@ class ModelCells(pytest.Collector):
             # An explicit node id: pytest re-parses cached ids for --lf, and must find the same one;
             # medrobust merge rebuilds the same ids from a shard's config (cell_nodeid).
             yield kind.from_parent(self, name=cell_test_name(cell), nodeid=cell_nodeid(cell), cell=cell)
-        if settings.sensitivity.enabled and settings.shard is None:  # a diagnostic, not a share of the grid
+        if settings.sensitivity.enabled:  # under a shard, kept by the shard that owns the model (plugin)
             yield SensitivityItem.for_model(self)
 
 

@@ -277,10 +277,10 @@ class GatePlugin:
         grid = MedrobustGrid.from_parent(session, name=GRID_NODEID, nodeid=GRID_NODEID)
         cells: list[pytest.Item] = list(session.genitems(grid))
         if self.settings.shard is not None:
-            from .sharding import share_cells
+            from .sharding import in_share
 
-            share = share_cells(self.settings)
-            kept: list[pytest.Item] = [c for c in cells if isinstance(c, CellItem) and c.cell in share]
+            mine = in_share(self.settings)
+            kept: list[pytest.Item] = [c for c in cells if isinstance(c, CellItem) and mine(c.cell)]
             session.config.hook.pytest_deselected(items=[item for item in cells if item not in kept])
             cells = kept
         items.extend(cells)

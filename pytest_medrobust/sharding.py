@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import re
 from bisect import bisect_left
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -342,6 +342,21 @@ def share_cells(settings: Settings) -> set[Cell]:
     cells = grid_cells(settings)
     shards = assign(cells, plan(settings)["model_gflops"], share.count, settings.search.max_examples)
     return {c for c, s in zip(cells, shards, strict=True) if s == share.index}
+
+
+def in_share(settings: Settings) -> Callable[[Cell], bool]:
+    """Whether a collected cell belongs to this run's share: its grid and search cells, and the
+    sensitivity maps of each model whose first cell is here (the model is loaded here anyway, so
+    every model's maps are made by exactly one shard)."""
+    share = settings.shard
+    assert isinstance(share, Share), "resolve the shard before collection"
+    cells = grid_cells(settings)
+    shards = assign(cells, plan(settings)["model_gflops"], share.count, settings.search.max_examples)
+    mine = {c for c, s in zip(cells, shards, strict=True) if s == share.index}
+    owner: dict[str, int] = {}
+    for cell, index in zip(cells, shards, strict=True):
+        owner.setdefault(cell.model, index)
+    return lambda cell: cell in mine or (cell.kind == "sensitivity" and owner.get(cell.model) == share.index)
 
 
 def describe(settings: Settings) -> dict[str, Any]:

@@ -99,3 +99,37 @@ def test_region_shares_come_from_the_datasets_regions(sens_project):
     assert share["images"] == 4 and share["area"] == pytest.approx(72 / 1024)
     # The oracle hangs on the square: most of the harm is there, far beyond its share of the image.
     assert share["share_inside"] > 0.5 > share["area"]
+
+
+def test_under_shards_each_model_maps_once_and_merge_carries_them(sens_project, capsys):
+    from pytest_medrobust.cli import main as medrobust
+
+    args = (*ARGS[:2], "0,0.5", *ARGS[3:], "--medrobust-models", "oracle,constant", "--medrobust-no-cache")
+    sens_project.runpytest(*args)
+    whole = _results(sens_project)["sensitivity"]
+    files = {p: (sens_project.path / "reports" / p).read_bytes()
+             for e in whole.values() for p in (e["npz"], e["mean_map"], *(w["png"] for w in e["worst"]))}
+    made = {}
+    for index in (1, 2):
+        folder = f"shard{index}"
+        sens_project.runpytest(*args, "--medrobust-shard", f"{index}/2", f"--medrobust-report-dir={folder}")
+        shard = json.loads((sens_project.path / folder / "medrobust.json").read_text())
+        made[index] = sorted(shard.get("sensitivity", {}))
+    # Each model's maps come from exactly one shard: the first holding any of its cells.
+    assert sorted(made[1] + made[2]) == ["constant", "oracle"]
+    capsys.readouterr()
+    medrobust(["merge", str(sens_project.path / "shard1"), str(sens_project.path / "shard2"),
+               "-o", str(sens_project.path / "merged")])
+    merged = json.loads((sens_project.path / "merged" / "medrobust.json").read_text())
+    assert merged["sensitivity"] == whole
+    for path, data in files.items():
+        assert (sens_project.path / "merged" / path).read_bytes() == data, path
+    assert "warning" not in capsys.readouterr().err
+
+    # An artifact that lost a picture: the numbers merge, the picture is named as missing.
+    lost = sens_project.path / f"shard{1 if made[1] else 2}" / whole[(made[1] or made[2])[0]]["mean_map"]
+    lost.unlink()
+    medrobust(["merge", str(sens_project.path / "shard1"), str(sens_project.path / "shard2"),
+               "-o", str(sens_project.path / "merged2")])
+    assert f"warning: {lost} is missing" in capsys.readouterr().err
+    assert json.loads((sens_project.path / "merged2" / "medrobust.json").read_text())["sensitivity"] == whole
