@@ -8,6 +8,7 @@ settings, the data and the weights: the same on every worker and every run.
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import sys
@@ -15,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -82,12 +84,44 @@ def _check_finite(model: str, side: str, embeddings: torch.Tensor, names: Sequen
 
 
 def _share_cpu_threads(device: torch.device) -> None:
-    """Under xdist on the CPU, split the cores between the workers: several processes each
-    running torch's default thread count stall each other badly. The embeddings do not depend
-    on the thread count (tests/plugin compare -n 2 with -n 0). OMP_NUM_THREADS, if set, wins."""
+    """On the CPU, run as many torch threads as this process has CPUs (:func:`usable_cpus`), split
+    between xdist workers. torch counts the machine's cores, not a container's CPU limit: in a
+    2-CPU pod on a 64-core node it would start 64 threads that contend for 2 CPUs, the way two
+    2-thread processes on this project's 2-core VM made the demo grid 2.5-5x slower
+    (docs/performance.md). The embeddings do not depend on the thread count (tests/plugin compare
+    -n 2 with -n 0). OMP_NUM_THREADS, if set, wins."""
+    if device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
+        return
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-    if device.type == "cpu" and workers > 1 and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    threads = max(1, usable_cpus() // workers)
+    if threads < torch.get_num_threads():
+        torch.set_num_threads(threads)
+
+
+def usable_cpus(cgroup: str = "/sys/fs/cgroup") -> int:
+    """The CPUs this process may use: its affinity mask, capped by its cgroup's CPU quota (cgroup
+    v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``: ``docker --cpus``, a Kubernetes CPU limit), rounded up."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota(cgroup)
+    return max(1, min(cpus, math.ceil(quota))) if quota else cpus
+
+
+def _cgroup_cpu_quota(root: str) -> float | None:
+    base = Path(root)
+    try:
+        limit, period = (base / "cpu.max").read_text().split()
+        return None if limit == "max" else int(limit) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        limit = (base / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+        period = (base / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        return None if int(limit) <= 0 else int(limit) / int(period)
+    except (OSError, ValueError):
+        return None
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -213,6 +247,10 @@ class GridRunner:
         self.settings = settings
         self._device: torch.device | None = None
         self.allocator = "not chosen yet (no device)"
+        # Occlude the next batch in a background thread while this one is encoded: None means on
+        # an accelerator only. On the CPU both would share the same cores: measured on 2 cores,
+        # the overlap cost 13-56 % of the harness's throughput (docs/performance.md).
+        self.prefetch: bool | None = None
         self._dataset: Dataset | None = None
         self._dataset_error: BaseException | None = None
         self._models: dict[str, RetrievalModel | BaseException] = {}
@@ -371,7 +409,7 @@ class GridRunner:
         GPU one at a time by ``to_batch``)."""
         key = self._pixels_key(model)
         if key not in self._pixels:
-            cache_dir = self.settings.cache_dir / "decoded" if self.settings.cache else None
+            cache_dir = self.settings.cache_dir if self.settings.cache else None  # entries go to <cache>/decoded/
             height, width = model.input_size
             self._pixels[key] = decode_dataset(
                 self.dataset(), (height, width), model.geometry, getattr(model, "prepare_image", None),
@@ -499,10 +537,7 @@ class GridRunner:
             progress = Progress(f"{name} {label}", len(self.dataset().ids), self.progress_writer)
             out = []
             batches = self.occluded_batches(name, occluder)
-            # On an accelerator the next batch is occluded in a background thread while this one
-            # is encoded. On the CPU both would share the same cores: measured on 2 cores, the
-            # overlap cost 13-56 % of the harness's throughput (benchmarks/bench_harness.py).
-            if self.device.type != "cpu":
+            if self.prefetch if self.prefetch is not None else self.device.type != "cpu":
                 batches = prefetch(batches)
             for _, stop, batch in batches:
                 out.append(self._forward(name, "encode_images", model.encode_images, batch))

@@ -87,11 +87,16 @@ def runner(tmp_path, **kw):
     return GridRunner(settings)
 
 
+@pytest.mark.parametrize("prefetched", [False, True], ids=["in-line", "prefetch-thread"])
 @pytest.mark.parametrize("patch", ["black_box", "gray_box", "noise_box", "blur_box", "shuffle_box", "annotation"])
-def test_cells_give_the_embeddings_of_the_plain_loop(tmp_path, patch):
-    """The prefetching loader with planned, shared masks against one batch at a time through
-    ``occlusion.occlude`` with fresh statistics, as the harness did before."""
+def test_cells_give_the_embeddings_of_the_plain_loop(tmp_path, monkeypatch, patch, prefetched):
+    """The loader (in line, as on the CPU, or with the background thread an accelerator uses)
+    with planned, shared masks against one batch at a time through ``occlusion.occlude`` with
+    fresh statistics, as the harness did before."""
     r = runner(tmp_path, cache=False, dataset_options={"limit": 40})
+    r.prefetch = prefetched
+    threads = []
+    monkeypatch.setattr("pytest_medrobust.runner.prefetch", lambda b, **k: threads.append(1) or prefetch(b, **k))
     r.prepare("a")
     got = r.image_embeddings("a", r._seeded_occluder("a", patch, 0.2, 0), "x")
     model, pixels, ids = r.model("a"), r.pixels(r.model("a")), r.dataset().ids
@@ -102,6 +107,7 @@ def test_cells_give_the_embeddings_of_the_plain_loop(tmp_path, patch):
                                   stats=stats)[0]
         expected.append(model.encode_images(batch))
     assert torch.equal(got, torch.cat(expected))
+    assert len(threads) == prefetched
 
 
 def test_masks_are_planned_once_for_models_of_one_size_and_statistics_only_on_a_miss(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import pytest
 import torch  # noqa: F401
 
 import pytest_medrobust.runner  # noqa: F401
-from pytest_medrobust.cache import model_fingerprint
+from pytest_medrobust.cache import CacheWarning, model_fingerprint
 from pytest_medrobust.datasets import base, load_dataset
 from pytest_medrobust.models import ModelSpec, model_card
 from tests.plugin.fakes import MODELS, make_project, write_dataset
@@ -191,9 +191,12 @@ def garble_decoded(folder):
 
 def test_garbled_decoded_pixels_are_decoded_again_and_counted(project):
     _, first = run(project)
-    garble_decoded(project.path / CACHE / "decoded")
+    decoded = project.path / CACHE / "decoded"
+    assert {p.parent for p in decoded.rglob("*.npy")} == {decoded}  # <cache>/decoded/<key>.npy, not nested
+    garble_decoded(decoded)
     shutil.rmtree(next((project.path / CACHE).glob("v*")) / "embeddings")  # embeddings computed afresh
-    _, again = run(project)
+    with pytest.warns(CacheWarning, match="corrupt cache entry recomputed and overwritten: .*decoded"):
+        _, again = run(project)
     assert cells(again) == cells(first)  # computed from the right pixels, not the inverted ones
     assert again["models"]["oracle"]["cache_corrupt"] == 1
     _, healed = run(project)
