@@ -2,6 +2,7 @@
 
     python benchmarks/bench_memory.py ranks --n 50000          # ranks + recall, 50k x 50k, dim 512
     python benchmarks/bench_memory.py manifest --rows 100000   # one occluded demo cell on N rows
+    python benchmarks/bench_memory.py manifest --allocator system   # the same with glibc's malloc as it is
 
 ``ranks``: random L2-normalised embeddings (N images, N unique reports, dim 512), then
 ``compute_ranks`` + ``summarize`` as a cell does; prints the time and the peak resident memory
@@ -54,7 +55,7 @@ def ranks(n: int, dim: int, chunk: int) -> None:
           f"above the embeddings ({2 * n * dim * 4 / 2**20:.0f} MB); an N x N float matrix would be {n * n * 4 / 2**30:.1f} GB")
 
 
-def manifest(rows: int, work: Path) -> None:
+def manifest(rows: int, work: Path, allocator: str = "tuned") -> None:
     phantom = ROOT / "fixtures" / "phantom"
     with open(phantom / "manifest.csv", newline="") as f:
         source = list(csv.DictReader(f))
@@ -68,16 +69,45 @@ def manifest(rows: int, work: Path) -> None:
     args = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--medrobust-only",
             f"--medrobust-dataset={path}", "--medrobust-models=demo-plain", "--medrobust-levels=0.1",
             "--medrobust-patches=black_box", "--medrobust-search-examples=0", "--medrobust-bootstrap=0",
-            f"--medrobust-cache-dir={work / 'cache'}", f"--medrobust-report-dir={work / 'reports'}"]
+            f"--medrobust-cache-dir={work / 'cache'}", f"--medrobust-report-dir={work / 'reports'}",
+            f"--medrobust-cpu-allocator={allocator}"]
     started = time.perf_counter()
-    done = subprocess.run(args, cwd=work, capture_output=True, text=True)
+    peaks: dict[str, int] = {}
+    with open(work / "out.txt", "w+") as out:
+        child = subprocess.Popen(args, cwd=work, stdout=out, stderr=subprocess.STDOUT, text=True)
+        while child.poll() is None:
+            for key, value in _rollup(child.pid).items():
+                peaks[key] = max(peaks.get(key, 0), value)
+            time.sleep(0.25)
+        out.seek(0)
+        log = out.read()
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    if done.returncode not in (0, 1):
-        raise SystemExit(f"pytest exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    if child.returncode not in (0, 1):
+        raise SystemExit(f"pytest exited {child.returncode}:\n{log[-6000:]}")
     decoded = rows * 128 * 128
-    print(f"manifest of {rows} rows, clean + 1 occluded demo cell, cold: {seconds:.0f} s, peak RSS {peak / 2**30:.2f} GB "
-          f"(decoded images {decoded / 2**30:.2f} GB, memory-mapped)")
+    gb = 2**30
+    print(f"manifest of {rows} rows, clean + 1 occluded demo cell, cold, cpu allocator {allocator}: {seconds:.0f} s, "
+          f"peak RSS {peak / gb:.2f} GB "
+          f"(decoded images {decoded / gb:.2f} GB, memory-mapped)")
+    print(f"  sampled every 0.25 s: peak anonymous (heap, not reclaimable) {peaks.get('Anonymous', 0) / gb:.2f} GB, "
+          f"peak private {(peaks.get('Private_Clean', 0) + peaks.get('Private_Dirty', 0)) / gb:.2f} GB, "
+          f"peak file-backed shared {(peaks.get('Shared_Clean', 0) + peaks.get('Shared_Dirty', 0)) / gb:.2f} GB")
+
+
+def _rollup(pid: int) -> dict[str, int]:
+    """Memory totals of a running process from /proc/PID/smaps_rollup (bytes; empty once it is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines()[1:]:
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if len(parts) == 2 and parts[1] == "kB":
+            out[key] = int(parts[0]) * 1024
+    return out
 
 
 def main() -> None:
@@ -89,12 +119,13 @@ def main() -> None:
     r.add_argument("--chunk", type=int, default=1024)
     m = sub.add_parser("manifest")
     m.add_argument("--rows", type=int, default=100_000)
+    m.add_argument("--allocator", choices=("tuned", "system"), default="tuned", help="--medrobust-cpu-allocator")
     args = parser.parse_args()
     if args.what == "ranks":
         ranks(args.n, args.dim, args.chunk)
     else:
         with tempfile.TemporaryDirectory(prefix="medrobust-memory-") as tmp:
-            manifest(args.rows, Path(tmp))
+            manifest(args.rows, Path(tmp), args.allocator)
 
 
 if __name__ == "__main__":

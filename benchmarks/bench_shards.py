@@ -13,9 +13,10 @@ both alike. Reported: wall times, and speed-up = unsharded / (slowest shard + me
 CI pipeline of N parallel jobs and a merge job would take, less its queueing. The merged
 results must equal the unsharded run's cell for cell (every field but timings) and in summary.
 
-Expect no more than the core count allows: on a 2-core machine, two shards each running torch
-with every core compete for the same cores (the run sets no thread count: it measures what a
-user gets).
+Expect no more than the core count allows. By default each shard gets its share of the cores
+(``OMP_NUM_THREADS`` = cores / shards), as shards on separate machines would; ``--threads all``
+lets each take every core, which on this 2-core VM made 2 shards 5x slower than one process
+(torch's threads of both processes contending for the same cores; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -57,8 +58,11 @@ def finish(process: subprocess.Popen[str], what: str) -> None:
         raise SystemExit(f"{what} exited {process.returncode}:\n{out[-3000:]}")
 
 
-def start(command: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def start(command: list[str], threads: int | None = None) -> subprocess.Popen[str]:
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
 def unsharded(work: Path, extra: list[str]) -> float:
@@ -67,10 +71,11 @@ def unsharded(work: Path, extra: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def sharded(work: Path, shards: int, extra: list[str]) -> tuple[list[float], float]:
-    """Seconds of each shard (all started at once) and of the merge after the last one."""
+def sharded(work: Path, shards: int, extra: list[str], threads: int | None) -> tuple[list[float], float]:
+    """Seconds of each shard (all started at once, each with ``threads`` torch threads) and of the
+    merge after the last one."""
     started = time.perf_counter()
-    processes = [start(pytest_command(work, f"shard-{i}", [*extra, "--medrobust-shard", f"{i}/{shards}"]))
+    processes = [start(pytest_command(work, f"shard-{i}", [*extra, "--medrobust-shard", f"{i}/{shards}"]), threads)
                  for i in range(1, shards + 1)]
 
     def wait(i: int) -> float:  # each shard's own finishing time, as its CI job would end
@@ -115,6 +120,9 @@ def main() -> None:
     parser.add_argument("--levels", help="passed on as --medrobust-levels (default: the config's)")
     parser.add_argument("--patches", help="passed on as --medrobust-patches (default: the config's)")
     parser.add_argument("--quick", action="store_true", help=f"--levels {QUICK[0]} --patches {QUICK[1]}")
+    parser.add_argument("--threads", default="share", help="torch threads per shard process: 'share' (default: the "
+                        "cores divided between the shards, as separate machines would have them), 'all' (each shard "
+                        "takes every core, oversubscribing them), or a number")
     args = parser.parse_args()
     if args.shards < 2:
         parser.error("--shards must be at least 2")
@@ -123,7 +131,14 @@ def main() -> None:
     load = os.getloadavg()
     import torch
 
-    print(f"machine: nproc {len(os.sched_getaffinity(0))}, torch threads {torch.get_num_threads()} per process, "
+    cores = len(os.sched_getaffinity(0))
+    if args.threads not in ("share", "all") and not args.threads.isdigit():
+        parser.error(f"--threads: expected share, all or a number, got {args.threads!r}")
+    threads = {"share": max(1, cores // args.shards), "all": None}.get(args.threads, None)
+    threads = int(args.threads) if args.threads.isdigit() else threads
+
+    print(f"machine: nproc {cores}, torch threads {torch.get_num_threads()} unsharded, "
+          f"{threads or torch.get_num_threads()} per shard ({args.threads}), "
           f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; grid {CONFIG.name} "
           f"{' '.join(extra) or '(whole)'}; {args.shards} shards, {args.rounds} round(s)", flush=True)
     rows = []
@@ -131,11 +146,11 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="medrobust-shards-") as tmp:
             work = Path(tmp)
             if r % 2:
-                ends, merge = sharded(work, args.shards, extra)
+                ends, merge = sharded(work, args.shards, extra, threads)
                 one = unsharded(work, extra)
             else:
                 one = unsharded(work, extra)
-                ends, merge = sharded(work, args.shards, extra)
+                ends, merge = sharded(work, args.shards, extra, threads)
             differs = check_same(work)
             if differs:
                 raise SystemExit(f"round {r + 1}: the merged shards differ from the unsharded run: {differs}")
