@@ -437,8 +437,9 @@ class GridRunner:
         self.dataset()
         occlusion.regions.check_region_patches(self.settings.patches, self.dataset())
         self.baseline()
+        mine = self.shard_models()
         for spec in self.settings.models:
-            if spec.name not in self.shard_models():
+            if spec.name not in mine:
                 continue
             if distributed:
                 self._check_outputs_on_cpu(spec, load_model(spec, torch.device("cpu")))
@@ -537,7 +538,8 @@ class GridRunner:
             progress = Progress(f"{name} {label}", len(self.dataset().ids), self.progress_writer)
             out = []
             batches = self.occluded_batches(name, occluder)
-            if self.prefetch if self.prefetch is not None else self.device.type != "cpu":
+            threaded = self.device.type != "cpu" if self.prefetch is None else self.prefetch
+            if threaded:
                 batches = prefetch(batches)
             for _, stop, batch in batches:
                 out.append(self._forward(name, "encode_images", model.encode_images, batch))

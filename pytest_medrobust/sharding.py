@@ -335,12 +335,17 @@ def grid_cells(settings: Settings) -> list[Cell]:
     ]
 
 
-def share_cells(settings: Settings) -> set[Cell]:
-    """The cells of the run's share (``settings.shard``): what collection keeps."""
+def _assigned(settings: Settings) -> tuple[Share, list[Cell], list[int]]:
+    """The run's share, every cell of the grid and the shard each is assigned to."""
     share = settings.shard
     assert isinstance(share, Share), "resolve the shard before collection"
     cells = grid_cells(settings)
-    shards = assign(cells, plan(settings)["model_gflops"], share.count, settings.search.max_examples)
+    return share, cells, assign(cells, plan(settings)["model_gflops"], share.count, settings.search.max_examples)
+
+
+def share_cells(settings: Settings) -> set[Cell]:
+    """The cells of the run's share (``settings.shard``): what collection keeps."""
+    share, cells, shards = _assigned(settings)
     return {c for c, s in zip(cells, shards, strict=True) if s == share.index}
 
 
@@ -348,10 +353,7 @@ def in_share(settings: Settings) -> Callable[[Cell], bool]:
     """Whether a collected cell belongs to this run's share: its grid and search cells, and the
     sensitivity maps of each model whose first cell is here (the model is loaded here anyway, so
     every model's maps are made by exactly one shard)."""
-    share = settings.shard
-    assert isinstance(share, Share), "resolve the shard before collection"
-    cells = grid_cells(settings)
-    shards = assign(cells, plan(settings)["model_gflops"], share.count, settings.search.max_examples)
+    share, cells, shards = _assigned(settings)
     mine = {c for c, s in zip(cells, shards, strict=True) if s == share.index}
     owner: dict[str, int] = {}
     for cell, index in zip(cells, shards, strict=True):
@@ -362,12 +364,8 @@ def in_share(settings: Settings) -> Callable[[Cell], bool]:
 def describe(settings: Settings) -> dict[str, Any]:
     """The share for the results JSON and the header: its engine and variables, its cells and
     its estimated part of the grid's cost."""
-    share = settings.shard
-    assert isinstance(share, Share)
-    cells = grid_cells(settings)
-    gflops = plan(settings)["model_gflops"]
-    shards = assign(cells, gflops, share.count, settings.search.max_examples)
-    costs = shard_costs(cells, shards, gflops, share.count, settings.search.max_examples)
+    share, cells, shards = _assigned(settings)
+    costs = shard_costs(cells, shards, plan(settings)["model_gflops"], share.count, settings.search.max_examples)
     total = sum(costs)
     return {
         **share.to_json(),
