@@ -131,7 +131,7 @@ class AnnotationGeometry(Geometry):
         menu = _fitting_menu(tuple(options["texts"]), bool(options["markers"]), height, width)
         # The occupied pixels are one Python integer, bit y * width + x: masking, counting and
         # marking a glyph are then a few C-level big-integer operations instead of a handful of
-        # NumPy calls on small windows (a third of the cost of a burnt-in cell; docs/performance.md).
+        # NumPy calls on small windows: about 2x faster at 128 px (docs/performance.md).
         occupied = 0
         bitmaps: list[Bitmap] = []
         covered, last = 0, 0
