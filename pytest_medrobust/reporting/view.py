@@ -13,7 +13,7 @@ import base64
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -411,18 +411,32 @@ def short_metric(metric: str) -> str:
     return f"{direction}R@{match['k']}" if direction == "u" else f"{direction}@{match['k']}"
 
 
+def _fitted_range(report: Report, metric: str) -> tuple[float, float] | None:
+    """The lowest and highest value of ``metric`` over the grid cells (None: no cell has it)."""
+    values = [v for c in report.grid if (v := as_number(as_mapping(c.get("metrics")).get(metric))) is not None]
+    return (min(values), max(values)) if values else None
+
+
+def _fitted_heat(value: float, low: float, high: float) -> tuple[str, str]:
+    """Background and ink of ``value`` on the heat scale stretched over [low, high]."""
+    return heat((value - low) / (high - low) if high > low else 0.5)
+
+
+def _model_rows(report: Report, patch: str) -> Iterator[tuple[str, list[Mapping[str, Any] | None]]]:
+    """``(model, its cell at every grid level)`` for each model with a cell of ``patch``."""
+    for model in report.models:
+        cells = [report.cell(model, patch, lv) for lv in report.levels]
+        if any(cells):
+            yield model, cells
+
+
 def _compact_tables(report: Report) -> dict[str, Any]:
     """One table per patch type: a row per model, a column per level, the primary metric shown,
     every failing metric of the cell listed; colours fitted to the range of the shown values."""
     metric = report.chart_primary
     if metric is None or not report.grid:
         return {"tables": [], "metric": metric}
-    values = [v for c in report.grid if (v := as_number(as_mapping(c.get("metrics")).get(metric))) is not None]
-    low, high = (min(values), max(values)) if values else (0.0, 1.0)
-    span = high - low
-
-    def shade(value: float) -> tuple[str, str]:
-        return heat((value - low) / span if span > 0 else 0.5)
+    low, high = _fitted_range(report, metric) or (0.0, 1.0)
 
     def searched(model: object, patch: object, level: float | None) -> list[dict[str, Any]]:
         """The search cells of one table cell: the worst value found, the outcome."""
@@ -437,10 +451,7 @@ def _compact_tables(report: Report) -> dict[str, Any]:
     tables = []
     for patch in report.patches:
         rows = []
-        for model in report.models:
-            cells = [report.cell(model, patch, lv) for lv in report.levels]
-            if not any(cells):
-                continue
+        for model, cells in _model_rows(report, patch):
             row: list[dict[str, Any]] = []
             for level, cell in zip(report.levels, cells, strict=True):
                 if cell is None:
@@ -459,7 +470,7 @@ def _compact_tables(report: Report) -> dict[str, Any]:
                 if needed is not None:
                     notes.append(f"retention needs {fmt(needed)}")
                 notes.extend(str(m) for m in cell.get("failures") or [])
-                background, ink = shade(value) if value is not None else ("", "")
+                background, ink = _fitted_heat(value, low, high) if value is not None else ("", "")
                 row.append({
                     "id": str(cell.get("id", "")),
                     "outcome": outcome_of(cell),
@@ -487,23 +498,20 @@ def _other_tables(report: Report) -> list[dict[str, Any]]:
     for metric in report.metrics:
         if metric == report.chart_primary:
             continue
-        values = [v for c in report.grid if (v := as_number(as_mapping(c.get("metrics")).get(metric))) is not None]
-        if not values:
+        fitted = _fitted_range(report, metric)
+        if fitted is None:
             continue
-        low, high = min(values), max(values)
+        low, high = fitted
         for patch in report.patches:
             rows = []
-            for model in report.models:
-                cells = [report.cell(model, patch, lv) for lv in report.levels]
-                if not any(cells):
-                    continue
+            for model, cells in _model_rows(report, patch):
                 row: list[dict[str, Any] | None] = []
                 for cell in cells:
                     value = as_number(as_mapping(cell.get("metrics")).get(metric)) if cell else None
                     if value is None:
                         row.append(None)
                         continue
-                    background, ink = heat((value - low) / (high - low) if high > low else 0.5)
+                    background, ink = _fitted_heat(value, low, high)
                     row.append({"value": num(value), "failing": cell is not None and metric in report.failing(cell),
                                 "background": background, "ink": ink})
                 rows.append({"model": model, "cells": row})
